@@ -1,0 +1,242 @@
+//! The metric families keel exports at `/metrics`.
+//!
+//! One [`Metrics`] value is created at startup and shared (it is cheap to
+//! clone: every family is reference-counted inside). Recording is lock-free
+//! for existing label sets; a new label set takes a short write lock once.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Labels of a finished client request.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `chat` or `embeddings`.
+    pub route: &'static str,
+    /// The model alias the client asked for.
+    pub model: String,
+    /// `ok`, or the error code (keel-core's vocabulary).
+    pub outcome: &'static str,
+}
+
+/// Labels of one upstream attempt.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    /// The configured deployment name.
+    pub deployment: String,
+    /// `ok`, or the error code of the attempt.
+    pub outcome: &'static str,
+}
+
+/// Labels carrying a model alias.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    /// The model alias.
+    pub model: String,
+}
+
+/// Labels of token and cost counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpendLabels {
+    /// The tenant id.
+    pub tenant: String,
+    /// The model alias.
+    pub model: String,
+}
+
+/// Labels of token counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    /// The tenant id.
+    pub tenant: String,
+    /// The model alias.
+    pub model: String,
+    /// `prompt` or `completion`.
+    pub direction: &'static str,
+}
+
+/// Labels of error counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// `caller`, `policy`, `upstream` or `internal`.
+    pub class: &'static str,
+    /// The error code.
+    pub code: &'static str,
+}
+
+/// Labels of breaker gauges.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BreakerLabels {
+    /// The configured deployment name.
+    pub deployment: String,
+}
+
+/// A breaker state as a gauge value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerStateValue {
+    /// Traffic flows.
+    Closed = 0,
+    /// Probe requests are let through.
+    HalfOpen = 1,
+    /// The deployment is skipped.
+    Open = 2,
+}
+
+/// Every instrument keel records into, plus the registry that exports them.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    /// Client-visible request duration.
+    pub request_duration: HistogramFamily<RequestLabels>,
+    /// Request duration minus time spent waiting on upstreams.
+    pub gateway_overhead: HistogramFamily<ModelLabels>,
+    /// Time from request arrival to the first streamed token.
+    pub time_to_first_token: HistogramFamily<ModelLabels>,
+    /// Duration of each upstream attempt.
+    pub upstream_duration: HistogramFamily<UpstreamLabels>,
+    /// Tokens by tenant, model and direction.
+    pub tokens: Family<TokenLabels, Counter>,
+    /// Cost in micro-dollars by tenant and model.
+    pub cost_micros: Family<SpendLabels, Counter>,
+    /// Failed requests by class and code.
+    pub errors: Family<ErrorLabels, Counter>,
+    /// Requests served by another deployment than the first choice.
+    pub failovers: Family<ModelLabels, Counter>,
+    /// Breaker state per deployment (0 closed, 1 half-open, 2 open).
+    pub breaker_state: Family<BreakerLabels, Gauge>,
+    /// Times a breaker opened.
+    pub breaker_trips: Family<BreakerLabels, Counter>,
+    /// Requests being served right now.
+    pub in_flight: Gauge,
+    /// Usage rows accepted but not yet written.
+    pub ledger_pending: Gauge,
+}
+
+fn seconds_buckets() -> Histogram {
+    // 1 ms to ~65 s, doubling: model calls span four orders of magnitude.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 17))
+}
+
+fn overhead_buckets() -> Histogram {
+    // 25 µs to ~100 ms: gateway overhead should sit in the lowest buckets.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.000_025, 2.0, 13))
+}
+
+impl Metrics {
+    /// Creates and registers every family.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("keel");
+        let m = Metrics {
+            registry: Arc::new(Registry::default()),
+            request_duration: Family::new_with_constructor(seconds_buckets),
+            gateway_overhead: Family::new_with_constructor(overhead_buckets),
+            time_to_first_token: Family::new_with_constructor(seconds_buckets),
+            upstream_duration: Family::new_with_constructor(seconds_buckets),
+            tokens: Family::default(),
+            cost_micros: Family::default(),
+            errors: Family::default(),
+            failovers: Family::default(),
+            breaker_state: Family::default(),
+            breaker_trips: Family::default(),
+            in_flight: Gauge::default(),
+            ledger_pending: Gauge::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "request_duration_seconds",
+            "Client-visible request duration",
+            m.request_duration.clone(),
+        );
+        r.register(
+            "gateway_overhead_seconds",
+            "Request duration minus time waiting on upstreams",
+            m.gateway_overhead.clone(),
+        );
+        r.register(
+            "time_to_first_token_seconds",
+            "Time from request arrival to the first streamed content",
+            m.time_to_first_token.clone(),
+        );
+        r.register(
+            "upstream_duration_seconds",
+            "Duration of each upstream attempt",
+            m.upstream_duration.clone(),
+        );
+        r.register("tokens", "Tokens by tenant, model and direction", m.tokens.clone());
+        r.register("cost_micros", "Spend in micro-dollars", m.cost_micros.clone());
+        r.register("errors", "Failed requests by class and code", m.errors.clone());
+        r.register("failovers", "Requests served by a later choice", m.failovers.clone());
+        r.register(
+            "breaker_state",
+            "Circuit breaker state (0 closed, 1 half-open, 2 open)",
+            m.breaker_state.clone(),
+        );
+        r.register("breaker_trips", "Times a circuit breaker opened", m.breaker_trips.clone());
+        r.register("in_flight_requests", "Requests being served", m.in_flight.clone());
+        r.register("ledger_pending_rows", "Usage rows not yet written", m.ledger_pending.clone());
+        Metrics { registry: Arc::new(registry), ..m }
+    }
+
+    /// Sets a deployment's breaker gauge.
+    pub fn set_breaker_state(&self, deployment: &str, state: BreakerStateValue) {
+        self.breaker_state
+            .get_or_create(&BreakerLabels { deployment: deployment.to_owned() })
+            .set(state as i64);
+    }
+
+    /// Renders every metric in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String cannot fail; an error here would be a bug in
+        // a metric type, and an empty scrape is the safest answer.
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prefixed_families_with_labels() {
+        let m = Metrics::new();
+        m.request_duration
+            .get_or_create(&RequestLabels { route: "chat", model: "fast".into(), outcome: "ok" })
+            .observe(0.02);
+        m.set_breaker_state("sim-a", BreakerStateValue::Open);
+        let text = m.render();
+        assert!(text.contains("keel_request_duration_seconds_bucket{"), "{text}");
+        assert!(text.contains("model=\"fast\""));
+        assert!(text.contains("keel_breaker_state{deployment=\"sim-a\"} 2"));
+    }
+
+    #[test]
+    fn overhead_buckets_resolve_sub_millisecond() {
+        let m = Metrics::new();
+        m.gateway_overhead.get_or_create(&ModelLabels { model: "m".into() }).observe(0.0003);
+        let text = m.render();
+        assert!(text.contains("le=\"0.0004\""), "{text}");
+    }
+}
