@@ -1,0 +1,12 @@
+//! Integration tests for keel-store. Every repository test runs against
+//! SQLite and PostgreSQL (see `support`).
+
+#[macro_use]
+mod support;
+
+mod connect;
+mod keys;
+mod ledger;
+mod migrations;
+mod tenants;
+mod usage;
