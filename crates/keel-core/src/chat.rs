@@ -153,21 +153,31 @@ impl ChatRequest {
             return Err(E::invalid("model", "`model` must not be empty"));
         }
         if self.messages.is_empty() {
-            return Err(E::invalid("messages", "`messages` must contain at least one message"));
+            return Err(E::invalid(
+                "messages",
+                "`messages` must contain at least one message",
+            ));
         }
         if let Some(t) = self.temperature
             && !(0.0..=2.0).contains(&t)
         {
-            return Err(E::invalid("temperature", format!("`temperature` must be 0 to 2, got {t}")));
+            return Err(E::invalid(
+                "temperature",
+                format!("`temperature` must be 0 to 2, got {t}"),
+            ));
         }
         if let Some(p) = self.top_p
             && !(0.0..=1.0).contains(&p)
         {
-            return Err(E::invalid("top_p", format!("`top_p` must be 0 to 1, got {p}")));
+            return Err(E::invalid(
+                "top_p",
+                format!("`top_p` must be 0 to 1, got {p}"),
+            ));
         }
-        for (field, value) in
-            [("max_tokens", self.max_tokens), ("max_completion_tokens", self.max_completion_tokens)]
-        {
+        for (field, value) in [
+            ("max_tokens", self.max_tokens),
+            ("max_completion_tokens", self.max_completion_tokens),
+        ] {
             if value == Some(0) {
                 return Err(E::invalid(field, format!("`{field}` must be at least 1")));
             }
@@ -364,9 +374,15 @@ mod tests {
             "model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 3.0
         }))
         .unwrap();
-        assert_eq!(req.validate().unwrap_err().param.as_deref(), Some("temperature"));
+        assert_eq!(
+            req.validate().unwrap_err().param.as_deref(),
+            Some("temperature")
+        );
         req.temperature = None;
         req.messages.clear();
-        assert_eq!(req.validate().unwrap_err().param.as_deref(), Some("messages"));
+        assert_eq!(
+            req.validate().unwrap_err().param.as_deref(),
+            Some("messages")
+        );
     }
 }

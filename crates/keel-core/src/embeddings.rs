@@ -64,12 +64,18 @@ impl EmbeddingRequest {
             return Err(E::invalid("model", "`model` must not be empty"));
         }
         if self.input.is_empty() {
-            return Err(E::invalid("input", "`input` must not be empty or contain empty items"));
+            return Err(E::invalid(
+                "input",
+                "`input` must not be empty or contain empty items",
+            ));
         }
         if self.input.len() > 2048 {
             return Err(E::invalid(
                 "input",
-                format!("`input` has {} items; at most 2048 are allowed", self.input.len()),
+                format!(
+                    "`input` has {} items; at most 2048 are allowed",
+                    self.input.len()
+                ),
             ));
         }
         if let Some(format) = &self.encoding_format

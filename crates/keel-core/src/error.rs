@@ -51,6 +51,8 @@ pub enum ErrorCode {
     NotFound,
     /// The model name is not configured.
     ModelNotFound,
+    /// The resource already exists.
+    Conflict,
     /// The body is larger than the configured limit.
     PayloadTooLarge,
     /// The body is not `application/json`.
@@ -75,13 +77,14 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and exhaustive tests.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidJson,
         ErrorCode::InvalidApiKey,
         ErrorCode::Forbidden,
         ErrorCode::NotFound,
         ErrorCode::ModelNotFound,
+        ErrorCode::Conflict,
         ErrorCode::PayloadTooLarge,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::RateLimited,
@@ -98,7 +101,7 @@ impl ErrorCode {
     pub fn class(self) -> ErrorClass {
         use ErrorCode::*;
         match self {
-            InvalidRequest | InvalidJson | InvalidApiKey | NotFound | ModelNotFound
+            InvalidRequest | InvalidJson | InvalidApiKey | NotFound | ModelNotFound | Conflict
             | PayloadTooLarge | UnsupportedMediaType => ErrorClass::Caller,
             Forbidden | RateLimited | BudgetExceeded => ErrorClass::Policy,
             UpstreamTimeout | UpstreamUnavailable | UpstreamRateLimited | UpstreamBadResponse
@@ -116,6 +119,7 @@ impl ErrorCode {
             BudgetExceeded => 402,
             Forbidden => 403,
             NotFound | ModelNotFound => 404,
+            Conflict => 409,
             PayloadTooLarge => 413,
             UnsupportedMediaType => 415,
             RateLimited | UpstreamRateLimited => 429,
@@ -130,8 +134,8 @@ impl ErrorCode {
     pub fn error_type(self) -> &'static str {
         use ErrorCode::*;
         match self {
-            InvalidRequest | InvalidJson | NotFound | ModelNotFound | PayloadTooLarge
-            | UnsupportedMediaType => "invalid_request_error",
+            InvalidRequest | InvalidJson | NotFound | ModelNotFound | Conflict
+            | PayloadTooLarge | UnsupportedMediaType => "invalid_request_error",
             InvalidApiKey => "authentication_error",
             Forbidden => "permission_error",
             RateLimited => "rate_limit_error",
@@ -152,6 +156,7 @@ impl ErrorCode {
             Forbidden => "forbidden",
             NotFound => "not_found",
             ModelNotFound => "model_not_found",
+            Conflict => "conflict",
             PayloadTooLarge => "payload_too_large",
             UnsupportedMediaType => "unsupported_media_type",
             RateLimited => "rate_limit_exceeded",
@@ -222,7 +227,11 @@ mod tests {
     fn every_code_has_distinct_stable_strings() {
         let mut seen = std::collections::HashSet::new();
         for code in ErrorCode::ALL {
-            assert!(seen.insert(code.as_str()), "duplicate code {}", code.as_str());
+            assert!(
+                seen.insert(code.as_str()),
+                "duplicate code {}",
+                code.as_str()
+            );
             assert!((400..600).contains(&code.http_status()));
         }
     }
@@ -231,7 +240,9 @@ mod tests {
     fn classes_match_statuses() {
         for code in ErrorCode::ALL {
             match code.class() {
-                ErrorClass::Caller => assert!(code.http_status() < 500 && code.http_status() != 429),
+                ErrorClass::Caller => {
+                    assert!(code.http_status() < 500 && code.http_status() != 429)
+                }
                 ErrorClass::Internal => assert_eq!(code.http_status(), 500),
                 _ => {}
             }
@@ -240,7 +251,11 @@ mod tests {
 
     #[test]
     fn body_has_openai_shape() {
-        let body = ErrorBody::new(ErrorCode::ModelNotFound, "no such model", Some("model".into()));
+        let body = ErrorBody::new(
+            ErrorCode::ModelNotFound,
+            "no such model",
+            Some("model".into()),
+        );
         let json = serde_json::to_value(&body).unwrap();
         assert_eq!(json["error"]["type"], "invalid_request_error");
         assert_eq!(json["error"]["code"], "model_not_found");

@@ -27,7 +27,10 @@ fn check_id(what: &'static str, value: &str) -> Result<(), InvalidId> {
     if ok {
         Ok(())
     } else {
-        Err(InvalidId { what, value: value.to_owned() })
+        Err(InvalidId {
+            what,
+            value: value.to_owned(),
+        })
     }
 }
 
@@ -125,7 +128,10 @@ mod tests {
 
     #[test]
     fn accepts_plain_ids() {
-        assert_eq!(TenantId::new("acme-prod_1.eu").unwrap().as_str(), "acme-prod_1.eu");
+        assert_eq!(
+            TenantId::new("acme-prod_1.eu").unwrap().as_str(),
+            "acme-prod_1.eu"
+        );
     }
 
     #[test]

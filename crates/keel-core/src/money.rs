@@ -54,7 +54,9 @@ impl Pricing {
     /// them; refuses negative or non-finite numbers.
     pub fn from_dollars_per_mtok(input: f64, output: f64) -> Option<Pricing> {
         let to_micros = |d: f64| {
-            (d.is_finite() && d >= 0.0 && d < 1e9).then(|| (d * 1_000_000.0).round() as u64)
+            (0.0..1e9)
+                .contains(&d)
+                .then(|| (d * 1_000_000.0).round() as u64)
         };
         Some(Pricing {
             input_per_mtok_micros: to_micros(input)?,

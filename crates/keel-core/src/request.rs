@@ -46,9 +46,16 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, RequestError> 
                     None => format!("invalid request body: {inner}"),
                 },
             ),
-            _ => (ErrorCode::InvalidJson, format!("request body is not valid JSON: {inner}")),
+            _ => (
+                ErrorCode::InvalidJson,
+                format!("request body is not valid JSON: {inner}"),
+            ),
         };
-        RequestError { code, param, message }
+        RequestError {
+            code,
+            param,
+            message,
+        }
     })
 }
 

@@ -1,0 +1,140 @@
+//! Building and running a whole keel server from checked settings.
+//!
+//! [`App::start`] opens and migrates the store, seeds configured tenants and
+//! keys, builds the gateway, starts the usage ledger, and serves on a
+//! listener. The binary, the demo and the integration tests all start keel
+//! this way, so they run the same code.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_core::TenantId;
+use keel_gateway::{Gateway, GatewayConfig};
+use keel_store::{Ledger, LedgerConfig, LedgerTask, NewKey, Store};
+use keel_telemetry::Metrics;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::{AppState, KeyTable, ServerSettings};
+
+/// Everything needed to start keel.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// HTTP settings.
+    pub server: ServerSettings,
+    /// `sqlite://…` or `postgres://…`.
+    pub store_url: String,
+    /// Usage ledger batching.
+    pub ledger: LedgerConfig,
+    /// Providers and models.
+    pub gateway: GatewayConfig,
+    /// Tenants to create if missing: id and display name.
+    pub tenants: Vec<(TenantId, String)>,
+    /// Keys to import if missing, with their secrets.
+    pub keys: Vec<(NewKey, String)>,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_grace: Duration,
+}
+
+/// Why keel could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store failed to open, migrate or seed.
+    #[error("store: {0}")]
+    Store(#[from] keel_store::StoreError),
+    /// The gateway could not be built.
+    #[error("gateway: {0}")]
+    Gateway(#[from] keel_gateway::BuildError),
+    /// The listener's address could not be read.
+    #[error("listener: {0}")]
+    Listener(#[from] std::io::Error),
+}
+
+/// A running keel server.
+pub struct App {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// Its shared state (for tests and the demo to inspect).
+    pub state: AppState,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<std::io::Result<()>>,
+    ledger_task: LedgerTask,
+    grace: Duration,
+}
+
+impl App {
+    /// Starts keel on `listener`.
+    pub async fn start(
+        config: AppConfig,
+        listener: tokio::net::TcpListener,
+    ) -> Result<App, StartError> {
+        let store = Store::connect(&config.store_url).await?;
+        store.migrate().await?;
+        for (id, name) in &config.tenants {
+            store.ensure_tenant(id, name).await?;
+        }
+        for (key, secret) in &config.keys {
+            store.import_key(key.clone(), secret).await?;
+        }
+
+        let metrics = Metrics::new();
+        let gateway = Gateway::new(config.gateway, metrics.clone())?;
+        let (ledger, ledger_task) = Ledger::spawn(store.clone(), config.ledger);
+        let keys = KeyTable::default();
+        let loaded = keys.reload(&store).await?;
+        let state = AppState {
+            gateway,
+            keys,
+            store,
+            ledger,
+            metrics,
+            settings: Arc::new(config.server),
+        };
+
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(crate::serve(listener, state.clone(), async {
+            _ = stopped.await;
+        }));
+        tracing::info!(%addr, backend = state.store.backend().as_str(), keys = loaded, "keel listening");
+        Ok(App {
+            addr,
+            state,
+            stop: Some(stop),
+            server,
+            ledger_task,
+            grace: config.shutdown_grace,
+        })
+    }
+
+    /// The base URL of the OpenAI-compatible API, e.g.
+    /// `http://127.0.0.1:8080/v1`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Stops accepting, drains in-flight requests for up to the grace period,
+    /// then flushes the ledger and closes the store.
+    pub async fn shutdown(mut self) {
+        tracing::info!("Shutting down: draining in-flight requests");
+        if let Some(stop) = self.stop.take() {
+            _ = stop.send(());
+        }
+        match tokio::time::timeout(self.grace, &mut self.server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "Server stopped with an error"),
+            Ok(Err(e)) => tracing::error!(error = %e, "Server task failed"),
+            Err(_) => {
+                tracing::warn!(
+                    grace_ms = self.grace.as_millis() as u64,
+                    "Grace period over; aborting requests still running"
+                );
+                self.server.abort();
+            }
+        }
+        self.ledger_task.shutdown().await;
+        self.state.store.close().await;
+        tracing::info!("Shutdown complete");
+    }
+}

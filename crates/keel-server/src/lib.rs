@@ -1,0 +1,108 @@
+//! keel's HTTP surface: the OpenAI-compatible routes, the admin API,
+//! health checks and metrics.
+//!
+//! Handlers are thin; the work happens in keel-gateway (routing), keel-store
+//! (keys, ledger) and keel-telemetry (metrics). [`serve`] runs the router
+//! until shutdown is signalled, then drains in-flight requests and flushes
+//! the usage ledger.
+
+pub mod accounting;
+pub mod app;
+pub mod auth;
+mod body;
+pub mod error;
+mod relay;
+pub mod routes;
+pub mod state;
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{delete, get, post};
+use keel_core::ErrorCode;
+
+pub use app::{App, AppConfig, StartError};
+pub use auth::{Caller, KeyTable};
+pub use error::ApiError;
+pub use state::{AppState, ServerSettings};
+
+/// Every route keel serves.
+pub fn router(state: AppState) -> Router {
+    let admin = Router::new()
+        .route(
+            "/tenants",
+            get(routes::admin::tenants).post(routes::admin::create_tenant),
+        )
+        .route(
+            "/tenants/{tenant}/users",
+            get(routes::admin::users).post(routes::admin::create_user),
+        )
+        .route(
+            "/keys",
+            get(routes::admin::keys).post(routes::admin::create_key),
+        )
+        .route("/keys/{id}", delete(routes::admin::revoke_key))
+        .route("/breakers", get(routes::admin::breakers))
+        .route(
+            "/breakers/{deployment}/reset",
+            post(routes::admin::reset_breaker),
+        )
+        .route("/usage", get(routes::admin::usage))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            routes::admin::require_admin,
+        ));
+
+    Router::new()
+        .route("/v1/chat/completions", post(routes::chat::chat_completions))
+        .route("/v1/embeddings", post(routes::embeddings::embeddings))
+        .route("/v1/models", get(routes::models::list))
+        .route("/healthz", get(routes::health::healthz))
+        .route("/readyz", get(routes::health::readyz))
+        .route("/metrics", get(routes::health::metrics))
+        .nest("/admin/v1", admin)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn not_found(uri: http::Uri) -> ApiError {
+    ApiError::new(ErrorCode::NotFound, format!("no route for {}", uri.path()))
+}
+
+async fn method_not_allowed(method: http::Method, uri: http::Uri) -> ApiError {
+    ApiError::new(
+        ErrorCode::InvalidRequest,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+/// Serves until `shutdown` completes, then stops accepting, waits for
+/// in-flight requests (streams included), and returns.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let refresher = tokio::spawn(refresh_keys(state.clone()));
+    let app = router(state);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    refresher.abort();
+    result
+}
+
+/// Reloads the key table so keys created or revoked through another replica
+/// take effect here within a few seconds.
+async fn refresh_keys(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = state.keys.reload(&state.store).await {
+            tracing::warn!(error = %e, "Key table refresh failed; keeping the current keys");
+        }
+    }
+}

@@ -1,0 +1,765 @@
+//! The configuration file: raw TOML types, environment overrides, and the
+//! conversion into checked settings.
+//!
+//! The file is read with figment, so any key can be overridden by an
+//! environment variable `KEEL__SECTION__KEY` (for example
+//! `KEEL__SERVER__LISTEN=0.0.0.0:8080`). Unknown keys are refused. Values
+//! are then checked, and every refusal names the key at fault and says what
+//! would be valid. Secrets come only from the environment: the file names the
+//! variable (`api_key_env`, `admin_token_env`), never the secret — except dev
+//! keys, which may be written inline for local use.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use keel_core::{Pricing, TenantId, UserId};
+use keel_gateway::{
+    BreakerConfig, DeploymentConfig, GatewayConfig, ModelConfig, ModelKind, ProviderConfig,
+    ProviderKind, RetryPolicy, Timeouts,
+};
+use keel_server::{AppConfig, ServerSettings};
+use keel_store::{LedgerConfig, NewKey};
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    ledger: RawLedger,
+    #[serde(default)]
+    providers: Vec<RawProvider>,
+    #[serde(default)]
+    models: Vec<RawModel>,
+    #[serde(default)]
+    tenants: Vec<RawTenant>,
+    #[serde(default)]
+    keys: Vec<RawKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    listen: String,
+    max_body_bytes: u64,
+    admin_token_env: String,
+    shutdown_grace_ms: u64,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 4 * 1024 * 1024,
+            admin_token_env: "KEEL_ADMIN_TOKEN".into(),
+            shutdown_grace_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawStore {
+    data_dir: String,
+    url: Option<String>,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore {
+            data_dir: ".keel".into(),
+            url: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLedger {
+    capacity: usize,
+    max_batch: usize,
+    flush_interval_ms: u64,
+}
+
+impl Default for RawLedger {
+    fn default() -> Self {
+        let d = LedgerConfig::default();
+        RawLedger {
+            capacity: d.capacity,
+            max_batch: d.max_batch,
+            flush_interval_ms: d.flush_interval.as_millis() as u64,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    name: String,
+    #[serde(default = "default_kind")]
+    kind: String,
+    base_url: String,
+    #[serde(default)]
+    api_key_env: Option<String>,
+    #[serde(default = "default_connect_ms")]
+    connect_timeout_ms: u64,
+    #[serde(default = "default_idle")]
+    max_idle_per_host: usize,
+}
+
+fn default_kind() -> String {
+    "openai".into()
+}
+fn default_connect_ms() -> u64 {
+    5_000
+}
+fn default_idle() -> usize {
+    256
+}
+fn default_one() -> u32 {
+    1
+}
+fn default_chat() -> String {
+    "chat".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    name: String,
+    #[serde(default = "default_chat")]
+    kind: String,
+    #[serde(default)]
+    fallbacks: Vec<String>,
+    deployments: Vec<RawDeployment>,
+    #[serde(default)]
+    timeouts: RawTimeouts,
+    #[serde(default)]
+    retry: RawRetry,
+    #[serde(default)]
+    breaker: RawBreaker,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeployment {
+    #[serde(default)]
+    name: Option<String>,
+    provider: String,
+    model: String,
+    #[serde(default)]
+    priority: u32,
+    #[serde(default = "default_one")]
+    weight: u32,
+    #[serde(default)]
+    input_per_mtok: f64,
+    #[serde(default)]
+    output_per_mtok: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTimeouts {
+    first_byte_ms: u64,
+    total_ms: u64,
+    stream_idle_ms: u64,
+}
+
+impl Default for RawTimeouts {
+    fn default() -> Self {
+        let d = Timeouts::default();
+        RawTimeouts {
+            first_byte_ms: d.first_byte.as_millis() as u64,
+            total_ms: d.total.as_millis() as u64,
+            stream_idle_ms: d.stream_idle.as_millis() as u64,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRetry {
+    max_attempts: u32,
+    initial_backoff_ms: u64,
+    max_backoff_ms: u64,
+    max_retry_after_ms: u64,
+}
+
+impl Default for RawRetry {
+    fn default() -> Self {
+        let d = RetryPolicy::default();
+        RawRetry {
+            max_attempts: d.max_attempts,
+            initial_backoff_ms: d.initial_backoff.as_millis() as u64,
+            max_backoff_ms: d.max_backoff.as_millis() as u64,
+            max_retry_after_ms: d.max_retry_after.as_millis() as u64,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawBreaker {
+    failure_threshold: u32,
+    open_ms: u64,
+    half_open_probes: u32,
+    success_threshold: u32,
+}
+
+impl Default for RawBreaker {
+    fn default() -> Self {
+        let d = BreakerConfig::default();
+        RawBreaker {
+            failure_threshold: d.failure_threshold,
+            open_ms: d.open_for.as_millis() as u64,
+            half_open_probes: d.half_open_probes,
+            success_threshold: d.success_threshold,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    id: String,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    tenant: String,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default)]
+    secret_env: Option<String>,
+}
+
+/// Checked configuration for every command.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where `keel serve` listens.
+    pub listen: SocketAddr,
+    /// Everything the server needs.
+    pub app: AppConfig,
+}
+
+/// Reads `path` (if given) plus `KEEL__…` environment overrides.
+pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+    let mut figment = Figment::new();
+    if let Some(path) = path {
+        if !path.is_file() {
+            bail!("config file {} does not exist", path.display());
+        }
+        figment = figment.merge(Toml::file(path));
+    }
+    figment = figment.merge(Env::prefixed("KEEL__").split("__"));
+    let raw: RawConfig = figment.extract().map_err(|e| {
+        let errors: Vec<String> = e.into_iter().map(|e| describe(&e)).collect();
+        anyhow::anyhow!("invalid configuration:\n  {}", errors.join("\n  "))
+    })?;
+    check(raw, &|name| std::env::var(name).ok())
+}
+
+/// Reads configuration from TOML text (no environment overrides).
+pub fn load_str(text: &str) -> anyhow::Result<Config> {
+    let raw: RawConfig = Figment::from(Toml::string(text)).extract().map_err(|e| {
+        let errors: Vec<String> = e.into_iter().map(|e| describe(&e)).collect();
+        anyhow::anyhow!("invalid configuration:\n  {}", errors.join("\n  "))
+    })?;
+    check(raw, &|name| std::env::var(name).ok())
+}
+
+/// One figment error as "key `a.b`: problem".
+fn describe(e: &figment::Error) -> String {
+    let key = e.path.join(".");
+    if key.is_empty() {
+        e.kind.to_string()
+    } else {
+        format!("key `{key}`: {}", e.kind)
+    }
+}
+
+/// Converts raw values into checked ones; `env` reads secrets.
+pub fn check(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
+    let listen: SocketAddr = raw.server.listen.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "key `server.listen`: {:?} is not an address; use HOST:PORT such as 127.0.0.1:8080",
+            raw.server.listen
+        )
+    })?;
+    if raw.server.max_body_bytes < 1024 {
+        bail!(
+            "key `server.max_body_bytes`: must be at least 1024, got {}",
+            raw.server.max_body_bytes
+        );
+    }
+    let data_dir = PathBuf::from(&raw.store.data_dir);
+    let store_url = match raw.store.url {
+        Some(url) if url.trim().is_empty() => bail!("key `store.url`: must not be empty"),
+        Some(url) => url,
+        None => format!("sqlite://{}", data_dir.join("keel.db").display()),
+    };
+    let ledger = check_ledger(&raw.ledger)?;
+    let gateway = check_gateway(&raw.providers, &raw.models, env)?;
+    let (tenants, keys) = check_tenants_and_keys(&raw.tenants, &raw.keys, env)?;
+    let server = ServerSettings {
+        max_body_bytes: usize::try_from(raw.server.max_body_bytes).unwrap_or(usize::MAX),
+        admin_token: env(&raw.server.admin_token_env).filter(|t| !t.is_empty()),
+    };
+    Ok(Config {
+        listen,
+        app: AppConfig {
+            server,
+            store_url,
+            ledger,
+            gateway,
+            tenants,
+            keys,
+            shutdown_grace: Duration::from_millis(raw.server.shutdown_grace_ms),
+        },
+    })
+}
+
+fn check_ledger(raw: &RawLedger) -> anyhow::Result<LedgerConfig> {
+    if raw.capacity == 0 {
+        bail!("key `ledger.capacity`: must be at least 1");
+    }
+    if raw.max_batch == 0 || raw.max_batch > raw.capacity {
+        bail!(
+            "key `ledger.max_batch`: must be 1 to ledger.capacity ({}), got {}",
+            raw.capacity,
+            raw.max_batch
+        );
+    }
+    if raw.flush_interval_ms == 0 {
+        bail!("key `ledger.flush_interval_ms`: must be at least 1");
+    }
+    Ok(LedgerConfig {
+        capacity: raw.capacity,
+        max_batch: raw.max_batch,
+        flush_interval: Duration::from_millis(raw.flush_interval_ms),
+    })
+}
+
+fn check_gateway(
+    providers: &[RawProvider],
+    models: &[RawModel],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<GatewayConfig> {
+    let mut out = GatewayConfig::default();
+    let mut kinds = std::collections::HashMap::new();
+    for (i, p) in providers.iter().enumerate() {
+        let at = format!("providers[{i}]");
+        let kind = match p.kind.as_str() {
+            "openai" => ProviderKind::OpenAi,
+            "anthropic" => ProviderKind::Anthropic,
+            other => bail!(
+                "key `{at}.kind`: unknown provider kind {other:?}; use \"openai\" or \"anthropic\""
+            ),
+        };
+        if p.name.is_empty() || kinds.insert(p.name.clone(), kind).is_some() {
+            bail!(
+                "key `{at}.name`: {:?} is empty or used twice; provider names must be unique",
+                p.name
+            );
+        }
+        if !(p.base_url.starts_with("http://") || p.base_url.starts_with("https://")) {
+            bail!(
+                "key `{at}.base_url`: {:?} must start with http:// or https://",
+                p.base_url
+            );
+        }
+        let api_key = match &p.api_key_env {
+            Some(var) => Some(env(var).with_context(|| {
+                format!("key `{at}.api_key_env`: environment variable {var} is not set")
+            })?),
+            None => None,
+        };
+        out.providers.push(ProviderConfig {
+            name: p.name.clone(),
+            kind,
+            base_url: p.base_url.clone(),
+            api_key,
+            connect_timeout: Duration::from_millis(p.connect_timeout_ms.max(1)),
+            max_idle_per_host: p.max_idle_per_host,
+        });
+    }
+
+    let names: HashSet<&str> = models.iter().map(|m| m.name.as_str()).collect();
+    let mut deployment_names = HashSet::new();
+    for (i, m) in models.iter().enumerate() {
+        let at = format!("models[{i}]");
+        if m.name.is_empty() {
+            bail!("key `{at}.name`: must not be empty");
+        }
+        if models.iter().filter(|o| o.name == m.name).count() > 1 {
+            bail!("key `{at}.name`: model {:?} is defined twice", m.name);
+        }
+        let kind = match m.kind.as_str() {
+            "chat" => ModelKind::Chat,
+            "embedding" => ModelKind::Embedding,
+            other => bail!(
+                "key `{at}.kind`: unknown model kind {other:?}; use \"chat\" or \"embedding\""
+            ),
+        };
+        if m.deployments.is_empty() {
+            bail!(
+                "key `{at}.deployments`: model {:?} needs at least one deployment",
+                m.name
+            );
+        }
+        for (j, f) in m.fallbacks.iter().enumerate() {
+            if !names.contains(f.as_str()) || f == &m.name {
+                bail!("key `{at}.fallbacks[{j}]`: {f:?} is not another configured model");
+            }
+        }
+        let mut deployments = Vec::new();
+        for (j, d) in m.deployments.iter().enumerate() {
+            let at = format!("{at}.deployments[{j}]");
+            let Some(provider_kind) = kinds.get(&d.provider) else {
+                let known: Vec<&String> = kinds.keys().collect();
+                bail!(
+                    "key `{at}.provider`: unknown provider {:?}; configured providers: {known:?}",
+                    d.provider
+                );
+            };
+            if kind == ModelKind::Embedding && *provider_kind == ProviderKind::Anthropic {
+                bail!("key `{at}.provider`: anthropic providers do not serve embeddings");
+            }
+            let name = d
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{}/{}", d.provider, d.model));
+            if !deployment_names.insert(name.clone()) {
+                bail!(
+                    "key `{at}.name`: deployment name {name:?} is used twice; give each a unique name"
+                );
+            }
+            if d.weight == 0 {
+                bail!("key `{at}.weight`: must be at least 1");
+            }
+            let pricing = Pricing::from_dollars_per_mtok(d.input_per_mtok, d.output_per_mtok)
+                .with_context(|| format!("key `{at}`: input_per_mtok and output_per_mtok must be non-negative dollars per million tokens"))?;
+            deployments.push(DeploymentConfig {
+                name: Arc::from(name),
+                provider: d.provider.clone(),
+                upstream_model: d.model.clone(),
+                priority: d.priority,
+                weight: d.weight,
+                pricing,
+            });
+        }
+        out.models.push(ModelConfig {
+            name: m.name.clone(),
+            kind,
+            deployments,
+            fallbacks: m.fallbacks.clone(),
+            timeouts: check_timeouts(&at, &m.timeouts)?,
+            retry: check_retry(&at, &m.retry)?,
+            breaker: check_breaker(&at, &m.breaker)?,
+        });
+    }
+    Ok(out)
+}
+
+fn check_timeouts(at: &str, t: &RawTimeouts) -> anyhow::Result<Timeouts> {
+    for (key, value) in [
+        ("first_byte_ms", t.first_byte_ms),
+        ("total_ms", t.total_ms),
+        ("stream_idle_ms", t.stream_idle_ms),
+    ] {
+        if value == 0 {
+            bail!("key `{at}.timeouts.{key}`: must be at least 1");
+        }
+    }
+    if t.first_byte_ms > t.total_ms {
+        bail!(
+            "key `{at}.timeouts.first_byte_ms`: {} exceeds total_ms {}",
+            t.first_byte_ms,
+            t.total_ms
+        );
+    }
+    Ok(Timeouts {
+        first_byte: Duration::from_millis(t.first_byte_ms),
+        total: Duration::from_millis(t.total_ms),
+        stream_idle: Duration::from_millis(t.stream_idle_ms),
+    })
+}
+
+fn check_retry(at: &str, r: &RawRetry) -> anyhow::Result<RetryPolicy> {
+    if !(1..=20).contains(&r.max_attempts) {
+        bail!(
+            "key `{at}.retry.max_attempts`: must be 1 to 20, got {}",
+            r.max_attempts
+        );
+    }
+    if r.initial_backoff_ms > r.max_backoff_ms {
+        bail!(
+            "key `{at}.retry.initial_backoff_ms`: {} exceeds max_backoff_ms {}",
+            r.initial_backoff_ms,
+            r.max_backoff_ms
+        );
+    }
+    Ok(RetryPolicy {
+        max_attempts: r.max_attempts,
+        initial_backoff: Duration::from_millis(r.initial_backoff_ms),
+        max_backoff: Duration::from_millis(r.max_backoff_ms),
+        max_retry_after: Duration::from_millis(r.max_retry_after_ms),
+    })
+}
+
+fn check_breaker(at: &str, b: &RawBreaker) -> anyhow::Result<BreakerConfig> {
+    for (key, value) in [
+        ("failure_threshold", b.failure_threshold),
+        ("half_open_probes", b.half_open_probes),
+        ("success_threshold", b.success_threshold),
+    ] {
+        if value == 0 {
+            bail!("key `{at}.breaker.{key}`: must be at least 1");
+        }
+    }
+    if b.open_ms == 0 {
+        bail!("key `{at}.breaker.open_ms`: must be at least 1");
+    }
+    Ok(BreakerConfig {
+        failure_threshold: b.failure_threshold,
+        open_for: Duration::from_millis(b.open_ms),
+        half_open_probes: b.half_open_probes,
+        success_threshold: b.success_threshold,
+    })
+}
+
+type Seeds = (Vec<(TenantId, String)>, Vec<(NewKey, String)>);
+
+fn check_tenants_and_keys(
+    tenants: &[RawTenant],
+    keys: &[RawKey],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<Seeds> {
+    let mut seeded = Vec::new();
+    for (i, t) in tenants.iter().enumerate() {
+        let id = TenantId::new(t.id.clone())
+            .map_err(|e| anyhow::anyhow!("key `tenants[{i}].id`: {e}"))?;
+        seeded.push((id.clone(), t.name.clone().unwrap_or_else(|| id.to_string())));
+    }
+    let mut out = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        let at = format!("keys[{i}]");
+        let tenant_id = TenantId::new(k.tenant.clone())
+            .map_err(|e| anyhow::anyhow!("key `{at}.tenant`: {e}"))?;
+        if !seeded.iter().any(|(t, _)| t == &tenant_id) {
+            bail!("key `{at}.tenant`: tenant {tenant_id:?} is not listed under [[tenants]]");
+        }
+        let user_id = k
+            .user
+            .clone()
+            .map(UserId::new)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("key `{at}.user`: {e}"))?;
+        let secret = match (&k.secret, &k.secret_env) {
+            (Some(s), None) => s.clone(),
+            (None, Some(var)) => env(var).with_context(|| {
+                format!("key `{at}.secret_env`: environment variable {var} is not set")
+            })?,
+            _ => bail!("key `{at}`: set exactly one of `secret` (dev only) or `secret_env`"),
+        };
+        if secret.len() < 8 {
+            bail!("key `{at}.secret`: must be at least 8 characters");
+        }
+        out.push((
+            NewKey {
+                tenant_id,
+                user_id,
+                name: k.name.clone().unwrap_or_default(),
+            },
+            secret,
+        ));
+    }
+    Ok((seeded, out))
+}
+
+/// The effective configuration with secrets redacted, for the startup log.
+pub fn summary(config: &Config) -> String {
+    let gateway = &config.app.gateway;
+    let providers: Vec<String> = gateway
+        .providers
+        .iter()
+        .map(|p| {
+            format!(
+                "{}({} {} key={})",
+                p.name,
+                p.kind.as_str(),
+                p.base_url,
+                if p.api_key.is_some() { "set" } else { "none" }
+            )
+        })
+        .collect();
+    let models: Vec<String> = gateway
+        .models
+        .iter()
+        .map(|m| {
+            let deps: Vec<&str> = m.deployments.iter().map(|d| &*d.name).collect();
+            format!("{}→[{}]", m.name, deps.join(","))
+        })
+        .collect();
+    format!(
+        "listen={} store={} admin_api={} providers=[{}] models=[{}] tenants={} keys={}",
+        config.listen,
+        redact_url(&config.app.store_url),
+        if config.app.server.admin_token.is_some() {
+            "on"
+        } else {
+            "off"
+        },
+        providers.join(" "),
+        models.join(" "),
+        config.app.tenants.len(),
+        config.app.keys.len(),
+    )
+}
+
+/// Hides the password of a `scheme://user:password@host` URL.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}")
+            } else {
+                url.to_owned()
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<Config> {
+        let raw: RawConfig = Figment::new()
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| anyhow::anyhow!(describe(&e)))?;
+        check(raw, &|name| {
+            (name == "SET").then(|| "secret-value".to_owned())
+        })
+    }
+
+    const GOOD: &str = r#"
+        [[providers]]
+        name = "sim"
+        base_url = "http://127.0.0.1:9000/v1"
+        [[models]]
+        name = "fast"
+        [[models.deployments]]
+        provider = "sim"
+        model = "m1"
+        input_per_mtok = 0.15
+        [[tenants]]
+        id = "demo"
+        [[keys]]
+        tenant = "demo"
+        secret = "sk-keel-demo"
+    "#;
+
+    #[test]
+    fn accepts_a_minimal_file_with_defaults() {
+        let config = parse(GOOD).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            config.app.gateway.models[0].deployments[0].name.as_ref(),
+            "sim/m1"
+        );
+        assert!(config.app.store_url.starts_with("sqlite://"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (
+                GOOD.replace("provider = \"sim\"", "provider = \"nope\""),
+                "models[0].deployments[0].provider",
+            ),
+            (
+                GOOD.replace("input_per_mtok = 0.15", "input_per_mtok = -1.0"),
+                "models[0].deployments[0]",
+            ),
+            (
+                format!("[server]\nlisten = \"nowhere\"\n{GOOD}"),
+                "server.listen",
+            ),
+            (
+                GOOD.replace("tenant = \"demo\"", "tenant = \"ghost\""),
+                "keys[0].tenant",
+            ),
+            (
+                format!(
+                    "{GOOD}\n[[models]]\nname = \"x\"\nfallbacks = [\"zzz\"]\n[[models.deployments]]\nprovider = \"sim\"\nmodel = \"y\""
+                ),
+                "models[1].fallbacks[0]",
+            ),
+            (GOOD.replace("base_url", "base_ur1"), "base_ur1"),
+        ];
+        for (text, key) in cases {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(key), "expected {key} in: {err}");
+        }
+    }
+
+    #[test]
+    fn missing_secret_env_is_named() {
+        let text = GOOD.replace(
+            "base_url = \"http://127.0.0.1:9000/v1\"",
+            "base_url = \"http://x/v1\"\napi_key_env = \"UNSET_VAR\"",
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("providers[0].api_key_env") && err.contains("UNSET_VAR"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let config = load_str(include_str!("../../../examples/keel.toml")).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        let models: Vec<&str> = config
+            .app
+            .gateway
+            .models
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect();
+        assert!(models.contains(&"text-embedding-3-small"));
+        assert!(config.app.gateway.models[0].deployments.len() >= 2);
+        assert_eq!(config.app.keys[0].1, "sk-keel-demo");
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact_url("postgres://u:pw@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
+}
