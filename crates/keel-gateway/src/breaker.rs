@@ -73,19 +73,32 @@ impl Breaker {
             State::Closed { .. } => false,
             State::Open { until } if Instant::now() < until => return None,
             State::Open { .. } => {
-                *state = State::HalfOpen { in_flight: 1, successes: 0 };
+                *state = State::HalfOpen {
+                    in_flight: 1,
+                    successes: 0,
+                };
                 self.publish(BreakerStateValue::HalfOpen);
                 true
             }
-            State::HalfOpen { in_flight, successes } => {
+            State::HalfOpen {
+                in_flight,
+                successes,
+            } => {
                 if in_flight >= self.config.half_open_probes {
                     return None;
                 }
-                *state = State::HalfOpen { in_flight: in_flight + 1, successes };
+                *state = State::HalfOpen {
+                    in_flight: in_flight + 1,
+                    successes,
+                };
                 true
             }
         };
-        Some(Permit { breaker: Arc::clone(self), probe, reported: false })
+        Some(Permit {
+            breaker: Arc::clone(self),
+            probe,
+            reported: false,
+        })
     }
 
     /// Whether a request would be let through now, without taking a slot.
@@ -104,7 +117,11 @@ impl Breaker {
             State::Closed { failures } => ("closed", failures, None),
             State::Open { until } => {
                 let left = until.saturating_duration_since(Instant::now());
-                ("open", 0, Some(u64::try_from(left.as_millis()).unwrap_or(u64::MAX)))
+                (
+                    "open",
+                    0,
+                    Some(u64::try_from(left.as_millis()).unwrap_or(u64::MAX)),
+                )
             }
             State::HalfOpen { .. } => ("half_open", 0, None),
         };
@@ -132,17 +149,30 @@ impl Breaker {
         let mut state = self.lock();
         let next = match (*state, ok) {
             (State::Closed { .. }, true) => State::Closed { failures: 0 },
-            (State::Closed { failures }, false) if failures + 1 >= self.config.failure_threshold => {
+            (State::Closed { failures }, false)
+                if failures + 1 >= self.config.failure_threshold =>
+            {
                 self.open()
             }
-            (State::Closed { failures }, false) => State::Closed { failures: failures + 1 },
-            (State::HalfOpen { in_flight, successes }, true) if probe => {
+            (State::Closed { failures }, false) => State::Closed {
+                failures: failures + 1,
+            },
+            (
+                State::HalfOpen {
+                    in_flight,
+                    successes,
+                },
+                true,
+            ) if probe => {
                 if successes + 1 >= self.config.success_threshold {
                     self.publish(BreakerStateValue::Closed);
                     tracing::info!(deployment = %self.deployment, "Circuit breaker closed");
                     State::Closed { failures: 0 }
                 } else {
-                    State::HalfOpen { in_flight: in_flight.saturating_sub(1), successes: successes + 1 }
+                    State::HalfOpen {
+                        in_flight: in_flight.saturating_sub(1),
+                        successes: successes + 1,
+                    }
                 }
             }
             (State::HalfOpen { .. }, false) if probe => self.open(),
@@ -155,8 +185,15 @@ impl Breaker {
 
     fn release_probe(&self) {
         let mut state = self.lock();
-        if let State::HalfOpen { in_flight, successes } = *state {
-            *state = State::HalfOpen { in_flight: in_flight.saturating_sub(1), successes };
+        if let State::HalfOpen {
+            in_flight,
+            successes,
+        } = *state
+        {
+            *state = State::HalfOpen {
+                in_flight: in_flight.saturating_sub(1),
+                successes,
+            };
         }
     }
 
@@ -173,7 +210,9 @@ impl Breaker {
             open_for_ms = self.config.open_for.as_millis() as u64,
             "Circuit breaker opened"
         );
-        State::Open { until: Instant::now() + self.config.open_for }
+        State::Open {
+            until: Instant::now() + self.config.open_for,
+        }
     }
 
     fn publish(&self, value: BreakerStateValue) {
@@ -183,7 +222,9 @@ impl Breaker {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // The state is a plain value updated in one assignment; a panic
         // elsewhere cannot leave it half-written, so poisoning is ignored.
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -279,12 +320,22 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn publishes_state_as_a_metric() {
         let metrics = Metrics::new();
-        let b = Arc::new(Breaker::new("dep-x", BreakerConfig::default(), metrics.clone()));
+        let b = Arc::new(Breaker::new(
+            "dep-x",
+            BreakerConfig::default(),
+            metrics.clone(),
+        ));
         for _ in 0..5 {
             b.try_acquire().unwrap().failure();
         }
         let text = metrics.render();
-        assert!(text.contains("keel_breaker_state{deployment=\"dep-x\"} 2"), "{text}");
-        assert!(text.contains("keel_breaker_trips_total{deployment=\"dep-x\"} 1"), "{text}");
+        assert!(
+            text.contains("keel_breaker_state{deployment=\"dep-x\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("keel_breaker_trips_total{deployment=\"dep-x\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -26,7 +26,12 @@ pub struct AttemptError {
 impl AttemptError {
     /// An attempt error with no status.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> AttemptError {
-        AttemptError { code, message: message.into(), status: None, retry_after: None }
+        AttemptError {
+            code,
+            message: message.into(),
+            status: None,
+            retry_after: None,
+        }
     }
 
     /// Classifies an upstream's non-success status.
@@ -34,10 +39,16 @@ impl AttemptError {
         let (code, what) = match status {
             429 => (ErrorCode::UpstreamRateLimited, "rate limited keel"),
             401 | 403 => (ErrorCode::UpstreamUnavailable, "refused keel's credentials"),
-            404 => (ErrorCode::UpstreamBadResponse, "does not know the configured model"),
+            404 => (
+                ErrorCode::UpstreamBadResponse,
+                "does not know the configured model",
+            ),
             408 | 500..=599 => (ErrorCode::UpstreamUnavailable, "failed"),
             400..=499 => (ErrorCode::UpstreamRejected, "rejected the request"),
-            _ => (ErrorCode::UpstreamBadResponse, "answered with an unexpected status"),
+            _ => (
+                ErrorCode::UpstreamBadResponse,
+                "answered with an unexpected status",
+            ),
         };
         let detail = truncate(detail, 300);
         let message = if detail.is_empty() {
@@ -45,7 +56,12 @@ impl AttemptError {
         } else {
             format!("upstream {what} (HTTP {status}): {detail}")
         };
-        AttemptError { code, message, status: Some(status), retry_after }
+        AttemptError {
+            code,
+            message,
+            status: Some(status),
+            retry_after,
+        }
     }
 
     /// Whether the next deployment might succeed where this one failed. A
@@ -107,8 +123,14 @@ mod tests {
 
     #[test]
     fn classifies_statuses() {
-        assert_eq!(AttemptError::from_status(429, "", None).code, ErrorCode::UpstreamRateLimited);
-        assert_eq!(AttemptError::from_status(503, "", None).code, ErrorCode::UpstreamUnavailable);
+        assert_eq!(
+            AttemptError::from_status(429, "", None).code,
+            ErrorCode::UpstreamRateLimited
+        );
+        assert_eq!(
+            AttemptError::from_status(503, "", None).code,
+            ErrorCode::UpstreamUnavailable
+        );
         let rejected = AttemptError::from_status(400, "bad tool schema", None);
         assert_eq!(rejected.code, ErrorCode::UpstreamRejected);
         assert!(!rejected.should_fail_over());

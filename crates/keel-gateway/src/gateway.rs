@@ -104,8 +104,10 @@ impl Gateway {
         let mut upstreams = HashMap::new();
         for provider in config.providers {
             let name = provider.name.clone();
-            let upstream = Upstream::new(provider)
-                .map_err(|source| BuildError::Client { provider: name.clone(), source })?;
+            let upstream = Upstream::new(provider).map_err(|source| BuildError::Client {
+                provider: name.clone(),
+                source,
+            })?;
             upstreams.insert(name, Arc::new(upstream));
         }
         let mut models = HashMap::new();
@@ -113,10 +115,13 @@ impl Gateway {
         for model in config.models {
             let mut deployments = Vec::new();
             for d in &model.deployments {
-                let upstream = upstreams.get(&d.provider).ok_or_else(|| BuildError::UnknownProvider {
-                    deployment: d.name.to_string(),
-                    provider: d.provider.clone(),
-                })?;
+                let upstream =
+                    upstreams
+                        .get(&d.provider)
+                        .ok_or_else(|| BuildError::UnknownProvider {
+                            deployment: d.name.to_string(),
+                            provider: d.provider.clone(),
+                        })?;
                 let breaker = Breaker::new(d.name.to_string(), model.breaker, metrics.clone());
                 deployments.push(Arc::new(Deployment {
                     config: d.clone(),
@@ -125,9 +130,19 @@ impl Gateway {
                 }));
             }
             order.push(model.name.clone());
-            models.insert(model.name.clone(), Arc::new(Model { config: model, deployments }));
+            models.insert(
+                model.name.clone(),
+                Arc::new(Model {
+                    config: model,
+                    deployments,
+                }),
+            );
         }
-        Ok(Gateway { models: Arc::new(models), order: Arc::new(order), metrics })
+        Ok(Gateway {
+            models: Arc::new(models),
+            order: Arc::new(order),
+            metrics,
+        })
     }
 
     /// The configured model aliases, in config order.
@@ -150,13 +165,17 @@ impl Gateway {
 
     /// Every deployment's breaker state.
     pub fn breakers(&self) -> Vec<BreakerSnapshot> {
-        self.all_deployments().map(|d| d.breaker.snapshot()).collect()
+        self.all_deployments()
+            .map(|d| d.breaker.snapshot())
+            .collect()
     }
 
     /// Closes a deployment's breaker; false if no deployment has that name.
     pub fn reset_breaker(&self, deployment: &str) -> bool {
-        let found: Vec<_> =
-            self.all_deployments().filter(|d| &*d.config.name == deployment).collect();
+        let found: Vec<_> = self
+            .all_deployments()
+            .filter(|d| &*d.config.name == deployment)
+            .collect();
         found.iter().for_each(|d| d.breaker.reset());
         !found.is_empty()
     }
@@ -198,7 +217,10 @@ impl Gateway {
         let (first, rest): (ChatChunk, ChunkStream) = first;
         let breaker = Arc::clone(&deployment.breaker);
         let rest = rest.inspect(move |item| {
-            if item.as_ref().is_err_and(AttemptError::counts_against_deployment) {
+            if item
+                .as_ref()
+                .is_err_and(AttemptError::counts_against_deployment)
+            {
                 breaker.record_late_failure();
             }
         });
@@ -225,7 +247,9 @@ impl Gateway {
             None => Err(GatewayError::caller(
                 ErrorCode::ModelNotFound,
                 "model",
-                format!("model {model:?} does not exist; GET /v1/models lists the models you can use"),
+                format!(
+                    "model {model:?} does not exist; GET /v1/models lists the models you can use"
+                ),
             )),
             Some(kind) if kind != want => {
                 let what = match kind {
@@ -243,7 +267,10 @@ impl Gateway {
     }
 
     fn all_deployments(&self) -> impl Iterator<Item = &Arc<Deployment>> {
-        self.order.iter().filter_map(|n| self.models.get(n)).flat_map(|m| &m.deployments)
+        self.order
+            .iter()
+            .filter_map(|n| self.models.get(n))
+            .flat_map(|m| &m.deployments)
     }
 
     /// The model's deployments, then its fallbacks', each in routing order.
@@ -253,14 +280,20 @@ impl Gateway {
         let chain = std::iter::once(model.config.name.as_str())
             .chain(model.config.fallbacks.iter().map(String::as_str));
         for alias in chain {
-            let Some(m) = self.models.get(alias) else { continue };
+            let Some(m) = self.models.get(alias) else {
+                continue;
+            };
             let order = weighted_order(
                 &m.deployments,
                 |d| d.config.priority,
                 |d| d.config.weight,
                 &mut rng,
             );
-            out.extend(order.into_iter().map(|i| (Arc::clone(m), Arc::clone(&m.deployments[i]))));
+            out.extend(
+                order
+                    .into_iter()
+                    .map(|i| (Arc::clone(m), Arc::clone(&m.deployments[i]))),
+            );
         }
         out
     }
@@ -276,7 +309,11 @@ impl Gateway {
         Fut: Future<Output = Result<T, AttemptError>>,
     {
         let model = self.models.get(alias).ok_or_else(|| {
-            GatewayError::caller(ErrorCode::ModelNotFound, "model", format!("unknown model {alias:?}"))
+            GatewayError::caller(
+                ErrorCode::ModelNotFound,
+                "model",
+                format!("unknown model {alias:?}"),
+            )
         })?;
         let policy = model.config.retry;
         let candidates = self.candidates(model);
@@ -297,7 +334,9 @@ impl Gateway {
                 if attempts >= policy.max_attempts {
                     break;
                 }
-                let Some(permit) = deployment.breaker.try_acquire() else { continue };
+                let Some(permit) = deployment.breaker.try_acquire() else {
+                    continue;
+                };
                 tried_this_round = true;
                 attempts += 1;
 
@@ -319,7 +358,9 @@ impl Gateway {
                         permit.success();
                         let failed_over = index > 0 || attempts > 1;
                         if failed_over {
-                            let labels = ModelLabels { model: alias.to_owned() };
+                            let labels = ModelLabels {
+                                model: alias.to_owned(),
+                            };
                             self.metrics.failovers.get_or_create(&labels).inc();
                         }
                         let served = Served {
@@ -359,13 +400,21 @@ impl Gateway {
 
             // Stop when nothing could be tried, the attempt budget is spent,
             // or the upstream asked for a longer wait than we hold a client.
-            let wait = backoff.next().unwrap_or(policy.max_backoff).max(longest_retry_after);
+            let wait = backoff
+                .next()
+                .unwrap_or(policy.max_backoff)
+                .max(longest_retry_after);
             if !tried_this_round
                 || attempts >= policy.max_attempts
                 || longest_retry_after > policy.max_retry_after
             {
                 let reopen = self.soonest_reopen(&candidates);
-                return Err(final_error(alias, attempts, last_error, reopen.or(Some(wait))));
+                return Err(final_error(
+                    alias,
+                    attempts,
+                    last_error,
+                    reopen.or(Some(wait)),
+                ));
             }
             tokio::time::sleep(wait).await;
             longest_retry_after = Duration::ZERO;
@@ -395,7 +444,10 @@ fn final_error(
                 "every deployment of model {alias:?} is unavailable (circuit breakers open); \
                  retry after the retry-after interval"
             ),
-            retry_after: Some(wait.unwrap_or(Duration::from_secs(1)).max(Duration::from_secs(1))),
+            retry_after: Some(
+                wait.unwrap_or(Duration::from_secs(1))
+                    .max(Duration::from_secs(1)),
+            ),
             attempts,
             param: None,
         };
@@ -409,7 +461,12 @@ fn final_error(
             param: None,
         };
     }
-    let retry_after = last.retry_after.into_iter().chain(wait).max().unwrap_or_default();
+    let retry_after = last
+        .retry_after
+        .into_iter()
+        .chain(wait)
+        .max()
+        .unwrap_or_default();
     GatewayError {
         code: last.code,
         message: format!(

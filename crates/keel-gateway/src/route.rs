@@ -39,7 +39,10 @@ mod tests {
         let items = [(2, 100), (1, 1), (3, 1000)];
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         for _ in 0..50 {
-            assert_eq!(weighted_order(&items, |i| i.0, |i| i.1, &mut rng), vec![1, 0, 2]);
+            assert_eq!(
+                weighted_order(&items, |i| i.0, |i| i.1, &mut rng),
+                vec![1, 0, 2]
+            );
         }
     }
 

@@ -1,6 +1,11 @@
 //! The gateway against a real `keel sim` over HTTP: routing, failover,
 //! breakers, retries, timeouts, streams and both dialects.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test on bad fixtures"
+)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,11 +22,20 @@ use keel_telemetry::Metrics;
 use serde_json::json;
 
 fn fault(kind: FaultKind, prefix: &str) -> FaultRule {
-    FaultRule { kind, rate: 1.0, model_prefix: Some(prefix.to_owned()) }
+    FaultRule {
+        kind,
+        rate: 1.0,
+        model_prefix: Some(prefix.to_owned()),
+    }
 }
 
 async fn sim(faults: Vec<FaultRule>) -> SpawnedSim {
-    keel_sim::spawn(SimConfig { faults, ..SimConfig::default() }).await.unwrap()
+    keel_sim::spawn(SimConfig {
+        faults,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap()
 }
 
 fn provider(name: &str, kind: ProviderKind, sim: &SpawnedSim) -> ProviderConfig {
@@ -35,7 +49,13 @@ fn provider(name: &str, kind: ProviderKind, sim: &SpawnedSim) -> ProviderConfig 
     }
 }
 
-fn deployment(name: &str, provider: &str, model: &str, priority: u32, weight: u32) -> DeploymentConfig {
+fn deployment(
+    name: &str,
+    provider: &str,
+    model: &str,
+    priority: u32,
+    weight: u32,
+) -> DeploymentConfig {
     DeploymentConfig {
         name: Arc::from(name),
         provider: provider.into(),
@@ -52,7 +72,10 @@ fn model(name: &str, deployments: Vec<DeploymentConfig>) -> ModelConfig {
         kind: ModelKind::Chat,
         deployments,
         fallbacks: Vec::new(),
-        timeouts: Timeouts { first_byte: Duration::from_secs(5), ..Timeouts::default() },
+        timeouts: Timeouts {
+            first_byte: Duration::from_secs(5),
+            ..Timeouts::default()
+        },
         retry: RetryPolicy {
             max_attempts: 4,
             initial_backoff: Duration::from_millis(1),
@@ -113,7 +136,10 @@ async fn stream_text(gw: &Gateway, request: &ChatRequest) -> (String, Vec<ErrorC
 #[tokio::test]
 async fn serves_a_plain_completion_with_usage() {
     let sim = sim(vec![]).await;
-    let gw = gateway(&sim, vec![model("m", vec![deployment("d1", "oa", "up", 0, 1)])]);
+    let gw = gateway(
+        &sim,
+        vec![model("m", vec![deployment("d1", "oa", "up", 0, 1)])],
+    );
     let (completion, served) = gw.chat(&chat("m", "hello there", false)).await.unwrap();
     let text = completion.choices[0].message.content_text();
     assert!(text.starts_with(&tag("hello there")), "{text}");
@@ -134,12 +160,21 @@ async fn anthropic_dialect_gives_the_same_answer_as_openai() {
         ],
     );
     let (a, _) = gw.chat(&chat("gpt", "same prompt", false)).await.unwrap();
-    let (b, _) = gw.chat(&chat("claude", "same prompt", false)).await.unwrap();
-    assert_eq!(a.choices[0].message.content_text(), b.choices[0].message.content_text());
+    let (b, _) = gw
+        .chat(&chat("claude", "same prompt", false))
+        .await
+        .unwrap();
+    assert_eq!(
+        a.choices[0].message.content_text(),
+        b.choices[0].message.content_text()
+    );
     assert_eq!(b.choices[0].finish_reason.as_deref(), Some("stop"));
     let (streamed, errors, _) = stream_text(&gw, &chat("claude", "same prompt", true)).await;
     assert!(errors.is_empty(), "{errors:?}");
-    assert_eq!(streamed.trim_end(), a.choices[0].message.content_text().trim_end());
+    assert_eq!(
+        streamed.trim_end(),
+        a.choices[0].message.content_text().trim_end()
+    );
 }
 
 #[tokio::test]
@@ -147,7 +182,13 @@ async fn fails_over_and_opens_the_breaker() {
     let sim = sim(vec![fault(FaultKind::ServerError, "bad")]).await;
     let gw = gateway(
         &sim,
-        vec![model("m", vec![deployment("primary", "oa", "bad-up", 0, 1), deployment("backup", "oa", "good-up", 1, 1)])],
+        vec![model(
+            "m",
+            vec![
+                deployment("primary", "oa", "bad-up", 0, 1),
+                deployment("backup", "oa", "good-up", 1, 1),
+            ],
+        )],
     );
     for _ in 0..2 {
         let (_, served) = gw.chat(&chat("m", "q", false)).await.unwrap();
@@ -155,7 +196,11 @@ async fn fails_over_and_opens_the_breaker() {
         assert_eq!(served.attempts, 2);
         assert!(served.failed_over);
     }
-    let primary = gw.breakers().into_iter().find(|b| b.deployment == "primary").unwrap();
+    let primary = gw
+        .breakers()
+        .into_iter()
+        .find(|b| b.deployment == "primary")
+        .unwrap();
     assert_eq!(primary.state, "open");
 
     // While open, the primary is skipped without a request reaching it.
@@ -173,7 +218,13 @@ async fn every_deployment_failing_is_a_clear_retryable_error() {
     let sim = sim(vec![fault(FaultKind::Unavailable, "")]).await;
     let gw = gateway(
         &sim,
-        vec![model("m", vec![deployment("a", "oa", "x", 0, 1), deployment("b", "oa", "y", 0, 1)])],
+        vec![model(
+            "m",
+            vec![
+                deployment("a", "oa", "x", 0, 1),
+                deployment("b", "oa", "y", 0, 1),
+            ],
+        )],
     );
     let err = gw.chat(&chat("m", "q", false)).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::UpstreamUnavailable);
@@ -184,7 +235,11 @@ async fn every_deployment_failing_is_a_clear_retryable_error() {
     // With both breakers now open, the next call fails fast and says why.
     let err = gw.chat(&chat("m", "q", false)).await.unwrap_err();
     assert_eq!(err.attempts, 0);
-    assert!(err.message.contains("circuit breakers open"), "{}", err.message);
+    assert!(
+        err.message.contains("circuit breakers open"),
+        "{}",
+        err.message
+    );
     assert!(err.retry_after.unwrap() >= Duration::from_secs(1));
 }
 
@@ -192,7 +247,10 @@ async fn every_deployment_failing_is_a_clear_retryable_error() {
 async fn long_retry_after_is_returned_to_the_client() {
     // The sim asks for 1 s; this model waits at most 500 ms inside a request.
     let sim = sim(vec![fault(FaultKind::RateLimited, "")]).await;
-    let gw = gateway(&sim, vec![model("m", vec![deployment("a", "oa", "x", 0, 1)])]);
+    let gw = gateway(
+        &sim,
+        vec![model("m", vec![deployment("a", "oa", "x", 0, 1)])],
+    );
     let err = gw.chat(&chat("m", "q", false)).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::UpstreamRateLimited);
     assert_eq!(err.attempts, 1);
@@ -204,7 +262,13 @@ async fn rate_limited_primary_fails_over_at_once() {
     let sim = sim(vec![fault(FaultKind::RateLimited, "busy")]).await;
     let gw = gateway(
         &sim,
-        vec![model("m", vec![deployment("a", "oa", "busy-x", 0, 1), deployment("b", "oa", "y", 1, 1)])],
+        vec![model(
+            "m",
+            vec![
+                deployment("a", "oa", "busy-x", 0, 1),
+                deployment("b", "oa", "y", 1, 1),
+            ],
+        )],
     );
     let (_, served) = gw.chat(&chat("m", "q", false)).await.unwrap();
     assert_eq!(&*served.deployment, "b");
@@ -213,7 +277,13 @@ async fn rate_limited_primary_fails_over_at_once() {
 #[tokio::test]
 async fn hung_upstream_times_out_and_fails_over() {
     let sim = sim(vec![fault(FaultKind::Hang, "hang")]).await;
-    let mut m = model("m", vec![deployment("a", "oa", "hang-x", 0, 1), deployment("b", "oa", "y", 1, 1)]);
+    let mut m = model(
+        "m",
+        vec![
+            deployment("a", "oa", "hang-x", 0, 1),
+            deployment("b", "oa", "y", 1, 1),
+        ],
+    );
     m.timeouts.first_byte = Duration::from_millis(200);
     let gw = gateway(&sim, vec![m]);
     let (_, served) = gw.chat(&chat("m", "q", false)).await.unwrap();
@@ -226,7 +296,13 @@ async fn malformed_responses_fail_over() {
     let sim = sim(vec![fault(FaultKind::Malformed, "junk")]).await;
     let gw = gateway(
         &sim,
-        vec![model("m", vec![deployment("a", "oa", "junk-x", 0, 1), deployment("b", "oa", "y", 1, 1)])],
+        vec![model(
+            "m",
+            vec![
+                deployment("a", "oa", "junk-x", 0, 1),
+                deployment("b", "oa", "y", 1, 1),
+            ],
+        )],
     );
     let (_, served) = gw.chat(&chat("m", "q", false)).await.unwrap();
     assert_eq!(&*served.deployment, "b");
@@ -242,7 +318,10 @@ async fn malformed_event_mid_stream_ends_it_with_an_error() {
     })
     .await
     .unwrap();
-    let gw = gateway(&sim, vec![model("m", vec![deployment("a", "oa", "x", 0, 1)])]);
+    let gw = gateway(
+        &sim,
+        vec![model("m", vec![deployment("a", "oa", "x", 0, 1)])],
+    );
     let (text, errors, _) = stream_text(&gw, &chat("m", "q", true)).await;
     assert!(text.starts_with(&tag("q")));
     assert_eq!(errors, vec![ErrorCode::UpstreamBadResponse]);
@@ -253,7 +332,13 @@ async fn stream_failing_before_first_byte_fails_over() {
     let sim = sim(vec![fault(FaultKind::ServerError, "bad")]).await;
     let gw = gateway(
         &sim,
-        vec![model("m", vec![deployment("a", "oa", "bad-x", 0, 1), deployment("b", "an", "y", 1, 1)])],
+        vec![model(
+            "m",
+            vec![
+                deployment("a", "oa", "bad-x", 0, 1),
+                deployment("b", "an", "y", 1, 1),
+            ],
+        )],
     );
     let (text, errors, deployment) = stream_text(&gw, &chat("m", "stream me", true)).await;
     assert!(errors.is_empty(), "{errors:?}");
@@ -271,10 +356,20 @@ async fn stream_cut_mid_way_ends_with_an_error() {
     .await
     .unwrap();
     for provider in ["oa", "an"] {
-        let gw = gateway(&sim, vec![model("m", vec![deployment("a", provider, "x", 0, 1)])]);
+        let gw = gateway(
+            &sim,
+            vec![model("m", vec![deployment("a", provider, "x", 0, 1)])],
+        );
         let (text, errors, _) = stream_text(&gw, &chat("m", "long answer", true)).await;
-        assert!(!text.is_empty(), "{provider}: some content arrived before the cut");
-        assert_eq!(errors.len(), 1, "{provider}: exactly one error ends the stream");
+        assert!(
+            !text.is_empty(),
+            "{provider}: some content arrived before the cut"
+        );
+        assert_eq!(
+            errors.len(),
+            1,
+            "{provider}: exactly one error ends the stream"
+        );
     }
 }
 
@@ -283,7 +378,13 @@ async fn falls_back_to_another_model() {
     let sim = sim(vec![fault(FaultKind::ServerError, "bad")]).await;
     let mut primary = model("primary", vec![deployment("p", "oa", "bad-x", 0, 1)]);
     primary.fallbacks = vec!["spare".into()];
-    let gw = gateway(&sim, vec![primary, model("spare", vec![deployment("s", "an", "y", 0, 1)])]);
+    let gw = gateway(
+        &sim,
+        vec![
+            primary,
+            model("spare", vec![deployment("s", "an", "y", 0, 1)]),
+        ],
+    );
     let (_, served) = gw.chat(&chat("primary", "q", false)).await.unwrap();
     assert_eq!(served.model, "spare");
     assert_eq!(&*served.deployment, "s");
@@ -294,7 +395,13 @@ async fn equal_priorities_share_traffic_by_weight() {
     let sim = sim(vec![]).await;
     let gw = gateway(
         &sim,
-        vec![model("m", vec![deployment("heavy", "oa", "x", 0, 3), deployment("light", "oa", "y", 0, 1)])],
+        vec![model(
+            "m",
+            vec![
+                deployment("heavy", "oa", "x", 0, 3),
+                deployment("light", "oa", "y", 0, 1),
+            ],
+        )],
     );
     let mut heavy = 0;
     for i in 0..200 {
@@ -310,15 +417,22 @@ async fn embeddings_route_and_wrong_kinds_are_refused() {
     let sim = sim(vec![]).await;
     let mut embed = model("e", vec![deployment("ed", "oa", "emb", 0, 1)]);
     embed.kind = ModelKind::Embedding;
-    let gw = gateway(&sim, vec![embed, model("c", vec![deployment("cd", "oa", "x", 0, 1)])]);
+    let gw = gateway(
+        &sim,
+        vec![embed, model("c", vec![deployment("cd", "oa", "x", 0, 1)])],
+    );
     let request: EmbeddingRequest =
-        serde_json::from_value(json!({"model": "e", "input": ["a", "b"], "dimensions": 8})).unwrap();
+        serde_json::from_value(json!({"model": "e", "input": ["a", "b"], "dimensions": 8}))
+            .unwrap();
     let (response, _) = gw.embed(&request).await.unwrap();
     assert_eq!(response.data.len(), 2);
     assert_eq!(response.data[0]["embedding"].as_array().unwrap().len(), 8);
 
     let err = gw.chat(&chat("e", "q", false)).await.unwrap_err();
-    assert_eq!((err.code, err.param.as_deref()), (ErrorCode::InvalidRequest, Some("model")));
+    assert_eq!(
+        (err.code, err.param.as_deref()),
+        (ErrorCode::InvalidRequest, Some("model"))
+    );
     let err = gw.chat(&chat("nope", "q", false)).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::ModelNotFound);
 }

@@ -164,3 +164,57 @@ impl Drop for Tally {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures::StreamExt;
+    use keel_core::chat::{ChunkChoice, Delta};
+    use keel_gateway::provider::sse;
+    use proptest::prelude::*;
+    use serde_json::Map;
+
+    use super::*;
+
+    fn chunk(content: &str) -> ChatChunk {
+        let mut chunk = ChatChunk::new("c1", "m", 1);
+        let delta = Delta {
+            content: Some(content.to_owned()),
+            ..Delta::default()
+        };
+        chunk.choices.push(ChunkChoice {
+            index: 0,
+            delta,
+            finish_reason: None,
+            extra: Map::new(),
+        });
+        chunk
+    }
+
+    proptest! {
+        // Whatever the text (newlines, "data:", "[DONE]", unicode), a relayed
+        // chunk decodes back to itself however the bytes are split.
+        #[test]
+        fn relayed_chunks_decode_to_themselves(
+            contents in prop::collection::vec(any::<String>(), 1..6),
+            split in 1usize..64,
+        ) {
+            let bytes: Vec<u8> = contents.iter().flat_map(|c| encode(&chunk(c)).to_vec()).collect();
+            let pieces: Vec<Result<Vec<u8>, String>> = bytes.chunks(split).map(|p| Ok(p.to_vec())).collect();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+            let decoded: Vec<String> = rt.block_on(async {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                sse::decode(futures::stream::iter(pieces), Duration::from_secs(60), deadline)
+                    .map(|e| e.unwrap().data)
+                    .collect()
+                    .await
+            });
+            prop_assert_eq!(decoded.len(), contents.len());
+            for (data, content) in decoded.iter().zip(&contents) {
+                let back: ChatChunk = serde_json::from_str(data).unwrap();
+                prop_assert_eq!(back, chunk(content));
+            }
+        }
+    }
+}

@@ -121,12 +121,16 @@ pub struct Metrics {
 
 fn seconds_buckets() -> Histogram {
     // 1 ms to ~65 s, doubling: model calls span four orders of magnitude.
-    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 17))
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.001, 2.0, 17,
+    ))
 }
 
 fn overhead_buckets() -> Histogram {
     // 25 µs to ~100 ms: gateway overhead should sit in the lowest buckets.
-    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.000_025, 2.0, 13))
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.000_025, 2.0, 13,
+    ))
 }
 
 impl Metrics {
@@ -169,25 +173,58 @@ impl Metrics {
             "Duration of each upstream attempt",
             m.upstream_duration.clone(),
         );
-        r.register("tokens", "Tokens by tenant, model and direction", m.tokens.clone());
-        r.register("cost_micros", "Spend in micro-dollars", m.cost_micros.clone());
-        r.register("errors", "Failed requests by class and code", m.errors.clone());
-        r.register("failovers", "Requests served by a later choice", m.failovers.clone());
+        r.register(
+            "tokens",
+            "Tokens by tenant, model and direction",
+            m.tokens.clone(),
+        );
+        r.register(
+            "cost_micros",
+            "Spend in micro-dollars",
+            m.cost_micros.clone(),
+        );
+        r.register(
+            "errors",
+            "Failed requests by class and code",
+            m.errors.clone(),
+        );
+        r.register(
+            "failovers",
+            "Requests served by a later choice",
+            m.failovers.clone(),
+        );
         r.register(
             "breaker_state",
             "Circuit breaker state (0 closed, 1 half-open, 2 open)",
             m.breaker_state.clone(),
         );
-        r.register("breaker_trips", "Times a circuit breaker opened", m.breaker_trips.clone());
-        r.register("in_flight_requests", "Requests being served", m.in_flight.clone());
-        r.register("ledger_pending_rows", "Usage rows not yet written", m.ledger_pending.clone());
-        Metrics { registry: Arc::new(registry), ..m }
+        r.register(
+            "breaker_trips",
+            "Times a circuit breaker opened",
+            m.breaker_trips.clone(),
+        );
+        r.register(
+            "in_flight_requests",
+            "Requests being served",
+            m.in_flight.clone(),
+        );
+        r.register(
+            "ledger_pending_rows",
+            "Usage rows not yet written",
+            m.ledger_pending.clone(),
+        );
+        Metrics {
+            registry: Arc::new(registry),
+            ..m
+        }
     }
 
     /// Sets a deployment's breaker gauge.
     pub fn set_breaker_state(&self, deployment: &str, state: BreakerStateValue) {
         self.breaker_state
-            .get_or_create(&BreakerLabels { deployment: deployment.to_owned() })
+            .get_or_create(&BreakerLabels {
+                deployment: deployment.to_owned(),
+            })
             .set(state as i64);
     }
 
@@ -223,11 +260,18 @@ mod tests {
     fn renders_prefixed_families_with_labels() {
         let m = Metrics::new();
         m.request_duration
-            .get_or_create(&RequestLabels { route: "chat", model: "fast".into(), outcome: "ok" })
+            .get_or_create(&RequestLabels {
+                route: "chat",
+                model: "fast".into(),
+                outcome: "ok",
+            })
             .observe(0.02);
         m.set_breaker_state("sim-a", BreakerStateValue::Open);
         let text = m.render();
-        assert!(text.contains("keel_request_duration_seconds_bucket{"), "{text}");
+        assert!(
+            text.contains("keel_request_duration_seconds_bucket{"),
+            "{text}"
+        );
         assert!(text.contains("model=\"fast\""));
         assert!(text.contains("keel_breaker_state{deployment=\"sim-a\"} 2"));
     }
@@ -235,7 +279,9 @@ mod tests {
     #[test]
     fn overhead_buckets_resolve_sub_millisecond() {
         let m = Metrics::new();
-        m.gateway_overhead.get_or_create(&ModelLabels { model: "m".into() }).observe(0.0003);
+        m.gateway_overhead
+            .get_or_create(&ModelLabels { model: "m".into() })
+            .observe(0.0003);
         let text = m.render();
         assert!(text.contains("le=\"0.0004\""), "{text}");
     }

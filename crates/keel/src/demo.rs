@@ -185,7 +185,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .await?;
 
     let o = {
-        let mut guard = observed.lock().map_err(|_| anyhow::anyhow!("observer lock poisoned"))?;
+        let mut guard = observed
+            .lock()
+            .map_err(|_| anyhow::anyhow!("observer lock poisoned"))?;
         std::mem::replace(&mut *guard, Observed::new()?)
     };
     println!(

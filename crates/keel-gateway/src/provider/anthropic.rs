@@ -47,9 +47,14 @@ pub(super) fn messages_body(
 
     let mut body = Map::new();
     body.insert("model".into(), json!(model));
-    body.insert("max_tokens".into(), json!(request.max_output_tokens().unwrap_or(DEFAULT_MAX_TOKENS)));
-    let messages: Vec<Value> =
-        turns.into_iter().map(|(role, content)| json!({"role": role, "content": content})).collect();
+    body.insert(
+        "max_tokens".into(),
+        json!(request.max_output_tokens().unwrap_or(DEFAULT_MAX_TOKENS)),
+    );
+    let messages: Vec<Value> = turns
+        .into_iter()
+        .map(|(role, content)| json!({"role": role, "content": content}))
+        .collect();
     body.insert("messages".into(), Value::Array(messages));
     if !system.is_empty() {
         body.insert("system".into(), json!(system.join("\n\n")));
@@ -66,7 +71,10 @@ pub(super) fn messages_body(
         _ => {}
     }
     if let Some(tools) = &request.tools {
-        body.insert("tools".into(), Value::Array(tools.iter().map(tool_definition).collect()));
+        body.insert(
+            "tools".into(),
+            Value::Array(tools.iter().map(tool_definition).collect()),
+        );
     }
     if let Some(choice) = request.extra.get("tool_choice").and_then(tool_choice) {
         body.insert("tool_choice".into(), choice);
@@ -95,7 +103,9 @@ fn part_block(part: &Value) -> Option<Value> {
         "text" => Some(json!({"type": "text", "text": part.get("text")?})),
         "image_url" => {
             let url = part.pointer("/image_url/url")?.as_str()?;
-            let source = match url.strip_prefix("data:").and_then(|rest| rest.split_once(";base64,"))
+            let source = match url
+                .strip_prefix("data:")
+                .and_then(|rest| rest.split_once(";base64,"))
             {
                 Some((media_type, data)) => {
                     json!({"type": "base64", "media_type": media_type, "data": data})
@@ -115,7 +125,10 @@ fn assistant_blocks(message: &Message) -> Vec<Value> {
         blocks.push(json!({"type": "text", "text": text}));
     }
     for call in message.tool_calls.iter().flatten() {
-        let arguments = call.pointer("/function/arguments").and_then(Value::as_str).unwrap_or("{}");
+        let arguments = call
+            .pointer("/function/arguments")
+            .and_then(Value::as_str)
+            .unwrap_or("{}");
         let input: Value = serde_json::from_str(arguments).unwrap_or_else(|_| json!({}));
         blocks.push(json!({
             "type": "tool_use",
@@ -171,7 +184,12 @@ fn finish_reason(stop_reason: Option<&str>) -> Option<String> {
 }
 
 fn usage_of(value: Option<&Value>) -> (u64, u64) {
-    let count = |key: &str| value.and_then(|u| u.get(key)).and_then(Value::as_u64).unwrap_or(0);
+    let count = |key: &str| {
+        value
+            .and_then(|u| u.get(key))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    };
     (count("input_tokens"), count("output_tokens"))
 }
 
@@ -182,9 +200,15 @@ fn now_secs() -> u64 {
 /// Parses a complete Messages response into an OpenAI completion.
 pub(super) fn parse_message(bytes: &[u8]) -> Result<ChatCompletion, AttemptError> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| bad_response("message", &e))?;
-    let blocks = value.get("content").and_then(Value::as_array).ok_or_else(|| {
-        AttemptError::new(ErrorCode::UpstreamBadResponse, "upstream message has no content list")
-    })?;
+    let blocks = value
+        .get("content")
+        .and_then(Value::as_array)
+        .ok_or_else(|| {
+            AttemptError::new(
+                ErrorCode::UpstreamBadResponse,
+                "upstream message has no content list",
+            )
+        })?;
     let mut text = String::new();
     let mut calls = Vec::new();
     for block in blocks {
@@ -209,10 +233,18 @@ pub(super) fn parse_message(bytes: &[u8]) -> Result<ChatCompletion, AttemptError
         extra: Map::new(),
     };
     Ok(ChatCompletion {
-        id: value.get("id").and_then(Value::as_str).unwrap_or_default().to_owned(),
+        id: value
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
         object: "chat.completion".into(),
         created: now_secs(),
-        model: value.get("model").and_then(Value::as_str).unwrap_or_default().to_owned(),
+        model: value
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
         choices: vec![Choice {
             index: 0,
             message,
@@ -238,7 +270,12 @@ struct StreamState {
 impl StreamState {
     fn chunk(&self, delta: Delta, finish_reason: Option<String>) -> ChatChunk {
         let mut chunk = ChatChunk::new(self.id.clone(), self.model.clone(), self.created);
-        chunk.choices.push(ChunkChoice { index: 0, delta, finish_reason, extra: Map::new() });
+        chunk.choices.push(ChunkChoice {
+            index: 0,
+            delta,
+            finish_reason,
+            extra: Map::new(),
+        });
         chunk
     }
 
@@ -252,7 +289,11 @@ impl StreamState {
                 self.model = text("model").unwrap_or_default().to_owned();
                 (self.input_tokens, self.output_tokens) =
                     usage_of(message.and_then(|m| m.get("usage")));
-                let delta = Delta { role: Some(Role::Assistant), content: Some(String::new()), ..Delta::default() };
+                let delta = Delta {
+                    role: Some(Role::Assistant),
+                    content: Some(String::new()),
+                    ..Delta::default()
+                };
                 self.chunk(delta, None)
             }
             "content_block_start" => {
@@ -261,14 +302,21 @@ impl StreamState {
                     return Ok(None);
                 }
                 let index = self.tool_blocks.len();
-                self.tool_blocks.push(data.get("index").and_then(Value::as_u64).unwrap_or(0));
+                self.tool_blocks
+                    .push(data.get("index").and_then(Value::as_u64).unwrap_or(0));
                 let call = json!({
                     "index": index,
                     "id": block.and_then(|b| b.get("id")),
                     "type": "function",
                     "function": {"name": block.and_then(|b| b.get("name")), "arguments": ""},
                 });
-                self.chunk(Delta { tool_calls: Some(vec![call]), ..Delta::default() }, None)
+                self.chunk(
+                    Delta {
+                        tool_calls: Some(vec![call]),
+                        ..Delta::default()
+                    },
+                    None,
+                )
             }
             "content_block_delta" => {
                 let delta = data.get("delta");
@@ -276,7 +324,13 @@ impl StreamState {
                 match field("type") {
                     Some("text_delta") => {
                         let content = Some(field("text").unwrap_or_default().to_owned());
-                        self.chunk(Delta { content, ..Delta::default() }, None)
+                        self.chunk(
+                            Delta {
+                                content,
+                                ..Delta::default()
+                            },
+                            None,
+                        )
                     }
                     Some("input_json_delta") => {
                         let block = data.get("index").and_then(Value::as_u64).unwrap_or(0);
@@ -287,7 +341,13 @@ impl StreamState {
                             "index": index,
                             "function": {"arguments": field("partial_json").unwrap_or_default()},
                         });
-                        self.chunk(Delta { tool_calls: Some(vec![call]), ..Delta::default() }, None)
+                        self.chunk(
+                            Delta {
+                                tool_calls: Some(vec![call]),
+                                ..Delta::default()
+                            },
+                            None,
+                        )
                     }
                     _ => return Ok(None),
                 }
@@ -296,7 +356,10 @@ impl StreamState {
                 let (_, output) = usage_of(data.get("usage"));
                 self.output_tokens = self.output_tokens.max(output);
                 let reason = data.pointer("/delta/stop_reason").and_then(Value::as_str);
-                self.chunk(Delta::default(), finish_reason(reason).or_else(|| Some("stop".into())))
+                self.chunk(
+                    Delta::default(),
+                    finish_reason(reason).or_else(|| Some("stop".into())),
+                )
             }
             "message_stop" => {
                 let mut chunk = ChatChunk::new(self.id.clone(), self.model.clone(), self.created);
@@ -392,7 +455,8 @@ mod tests {
                 {"role": "tool", "tool_call_id": "t1", "content": "42"}
             ]
         }));
-        let body: Value = serde_json::from_slice(&messages_body("claude", &req, false).unwrap()).unwrap();
+        let body: Value =
+            serde_json::from_slice(&messages_body("claude", &req, false).unwrap()).unwrap();
         assert_eq!(body["system"], "be brief");
         assert_eq!(body["max_tokens"], 50);
         assert_eq!(body["stop_sequences"], json!(["END"]));
@@ -427,47 +491,91 @@ mod tests {
         let choice = &completion.choices[0];
         assert_eq!(choice.message.content_text(), "hi");
         assert_eq!(choice.finish_reason.as_deref(), Some("tool_calls"));
-        assert_eq!(choice.message.tool_calls.as_ref().unwrap()[0]["function"]["arguments"], "{\"a\":1}");
+        assert_eq!(
+            choice.message.tool_calls.as_ref().unwrap()[0]["function"]["arguments"],
+            "{\"a\":1}"
+        );
         assert_eq!(completion.usage.unwrap().total_tokens, 10);
     }
 
     fn stream_of(events: &[(&str, Value)]) -> Vec<Result<ChatChunk, AttemptError>> {
         let events: Vec<_> = events
             .iter()
-            .map(|(e, d)| Ok(SseEvent { event: (*e).to_owned(), data: d.to_string() }))
+            .map(|(e, d)| {
+                Ok(SseEvent {
+                    event: (*e).to_owned(),
+                    data: d.to_string(),
+                })
+            })
             .collect();
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         rt.block_on(chunks(Box::pin(futures::stream::iter(events))).collect())
     }
 
     #[test]
     fn translates_a_text_stream_with_usage() {
         let out = stream_of(&[
-            ("message_start", json!({"message": {"id": "m", "model": "c", "usage": {"input_tokens": 5, "output_tokens": 1}}})),
-            ("content_block_start", json!({"index": 0, "content_block": {"type": "text", "text": ""}})),
+            (
+                "message_start",
+                json!({"message": {"id": "m", "model": "c", "usage": {"input_tokens": 5, "output_tokens": 1}}}),
+            ),
+            (
+                "content_block_start",
+                json!({"index": 0, "content_block": {"type": "text", "text": ""}}),
+            ),
             ("ping", json!({})),
-            ("content_block_delta", json!({"index": 0, "delta": {"type": "text_delta", "text": "Hel"}})),
-            ("content_block_delta", json!({"index": 0, "delta": {"type": "text_delta", "text": "lo"}})),
+            (
+                "content_block_delta",
+                json!({"index": 0, "delta": {"type": "text_delta", "text": "Hel"}}),
+            ),
+            (
+                "content_block_delta",
+                json!({"index": 0, "delta": {"type": "text_delta", "text": "lo"}}),
+            ),
             ("content_block_stop", json!({"index": 0})),
-            ("message_delta", json!({"delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 2}})),
+            (
+                "message_delta",
+                json!({"delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 2}}),
+            ),
             ("message_stop", json!({})),
         ]);
         let chunks: Vec<ChatChunk> = out.into_iter().map(Result::unwrap).collect();
-        let text: String =
-            chunks.iter().filter_map(|c| c.choices.first()?.delta.content.clone()).collect();
+        let text: String = chunks
+            .iter()
+            .filter_map(|c| c.choices.first()?.delta.content.clone())
+            .collect();
         assert_eq!(text, "Hello");
         assert_eq!(chunks[0].choices[0].delta.role, Some(Role::Assistant));
         let last = chunks.last().unwrap();
         assert_eq!(last.usage.as_ref().unwrap().prompt_tokens, 5);
         assert_eq!(last.usage.as_ref().unwrap().completion_tokens, 2);
-        assert!(chunks.iter().any(|c| c.choices.first().and_then(|x| x.finish_reason.as_deref()) == Some("stop")));
+        assert!(
+            chunks.iter().any(
+                |c| c.choices.first().and_then(|x| x.finish_reason.as_deref()) == Some("stop")
+            )
+        );
     }
 
     #[test]
     fn cut_or_failing_streams_end_with_errors() {
         let cut = stream_of(&[("message_start", json!({"message": {}}))]);
-        assert!(cut.last().unwrap().as_ref().unwrap_err().message.contains("message_stop"));
+        assert!(
+            cut.last()
+                .unwrap()
+                .as_ref()
+                .unwrap_err()
+                .message
+                .contains("message_stop")
+        );
         let failed = stream_of(&[("error", json!({"error": {"message": "overloaded"}}))]);
-        assert!(failed[0].as_ref().unwrap_err().message.contains("overloaded"));
+        assert!(
+            failed[0]
+                .as_ref()
+                .unwrap_err()
+                .message
+                .contains("overloaded")
+        );
     }
 }

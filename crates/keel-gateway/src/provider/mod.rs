@@ -7,7 +7,7 @@
 
 mod anthropic;
 mod openai;
-pub(crate) mod sse;
+pub mod sse;
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -43,7 +43,10 @@ impl Upstream {
             .tcp_nodelay(true)
             .build()?;
         let mut headers = HeaderMap::new();
-        headers.insert(reqwest::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            reqwest::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if let Some(key) = &config.api_key {
             let (name, value) = match config.kind {
                 ProviderKind::OpenAi => ("authorization", format!("Bearer {key}")),
@@ -57,7 +60,11 @@ impl Upstream {
         if config.kind == ProviderKind::Anthropic {
             headers.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
         }
-        Ok(Upstream { config, client, headers })
+        Ok(Upstream {
+            config,
+            client,
+            headers,
+        })
     }
 
     /// The provider's configured name.
@@ -81,7 +88,9 @@ impl Upstream {
         match self.config.kind {
             ProviderKind::OpenAi => {
                 let body = openai::chat_body(model, request, false)?;
-                let response = self.send("chat/completions", body, timeouts, deadline).await?;
+                let response = self
+                    .send("chat/completions", body, timeouts, deadline)
+                    .await?;
                 let bytes = read_body(response, deadline).await?;
                 openai::parse_completion(&bytes)
             }
@@ -105,7 +114,9 @@ impl Upstream {
         let deadline = Instant::now() + timeouts.total;
         let (path, body) = match self.config.kind {
             ProviderKind::OpenAi => ("chat/completions", openai::chat_body(model, request, true)?),
-            ProviderKind::Anthropic => ("messages", anthropic::messages_body(model, request, true)?),
+            ProviderKind::Anthropic => {
+                ("messages", anthropic::messages_body(model, request, true)?)
+            }
         };
         let response = self.send(path, body, timeouts, deadline).await?;
         let events = sse::events(response, timeouts.stream_idle, deadline);
@@ -142,7 +153,12 @@ impl Upstream {
         deadline: Instant,
     ) -> Result<reqwest::Response, AttemptError> {
         let url = format!("{}/{path}", self.config.base_url.trim_end_matches('/'));
-        let request = self.client.post(url).headers(self.headers.clone()).body(body).send();
+        let request = self
+            .client
+            .post(url)
+            .headers(self.headers.clone())
+            .body(body)
+            .send();
         let first_byte = deadline.min(Instant::now() + timeouts.first_byte);
         let response = match tokio::time::timeout_at(first_byte, request).await {
             Err(_) => {
@@ -167,12 +183,19 @@ impl Upstream {
             Ok(Ok(bytes)) => error_detail(&bytes),
             _ => String::new(),
         };
-        Err(AttemptError::from_status(status.as_u16(), &detail, retry_after))
+        Err(AttemptError::from_status(
+            status.as_u16(),
+            &detail,
+            retry_after,
+        ))
     }
 }
 
 /// Reads a whole response body before the deadline.
-async fn read_body(response: reqwest::Response, deadline: Instant) -> Result<bytes::Bytes, AttemptError> {
+async fn read_body(
+    response: reqwest::Response,
+    deadline: Instant,
+) -> Result<bytes::Bytes, AttemptError> {
     match tokio::time::timeout_at(deadline, response.bytes()).await {
         Err(_) => Err(AttemptError::new(
             ErrorCode::UpstreamTimeout,
@@ -188,18 +211,33 @@ async fn read_body(response: reqwest::Response, deadline: Instant) -> Result<byt
 
 /// Maps a transport failure (connect, TLS, reset) to an attempt error.
 fn transport_error(provider: &str, e: &reqwest::Error) -> AttemptError {
-    let what = if e.is_connect() { "could not connect to" } else { "lost the connection to" };
-    AttemptError::new(ErrorCode::UpstreamUnavailable, format!("keel {what} upstream {provider}"))
+    let what = if e.is_connect() {
+        "could not connect to"
+    } else {
+        "lost the connection to"
+    };
+    AttemptError::new(
+        ErrorCode::UpstreamUnavailable,
+        format!("keel {what} upstream {provider}"),
+    )
 }
 
 /// An upstream body keel could not parse.
 pub(crate) fn bad_response(what: &str, e: &dyn std::fmt::Display) -> AttemptError {
-    AttemptError::new(ErrorCode::UpstreamBadResponse, format!("upstream sent a malformed {what}: {e}"))
+    AttemptError::new(
+        ErrorCode::UpstreamBadResponse,
+        format!("upstream sent a malformed {what}: {e}"),
+    )
 }
 
 /// Reads `retry-after-ms` (OpenAI, Azure) or `retry-after` in seconds.
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
     if let Some(ms) = text("retry-after-ms").and_then(|v| v.parse::<f64>().ok())
         && ms.is_finite()
         && ms >= 0.0
@@ -214,7 +252,9 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 fn error_detail(bytes: &[u8]) -> String {
     let parsed: Option<serde_json::Value> = serde_json::from_slice(bytes).ok();
     let message = parsed.as_ref().and_then(|v| {
-        v.pointer("/error/message").or_else(|| v.get("message")).and_then(|m| m.as_str())
+        v.pointer("/error/message")
+            .or_else(|| v.get("message"))
+            .and_then(|m| m.as_str())
     });
     match message {
         Some(m) => m.to_owned(),
@@ -234,13 +274,19 @@ mod tests {
         h.insert("retry-after-ms", HeaderValue::from_static("150"));
         assert_eq!(retry_after(&h), Some(Duration::from_millis(150)));
         let mut h = HeaderMap::new();
-        h.insert("retry-after", HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
         assert_eq!(retry_after(&h), None);
     }
 
     #[test]
     fn extracts_error_messages_from_both_dialects() {
-        assert_eq!(error_detail(br#"{"error":{"message":"slow down"}}"#), "slow down");
+        assert_eq!(
+            error_detail(br#"{"error":{"message":"slow down"}}"#),
+            "slow down"
+        );
         assert_eq!(
             error_detail(br#"{"type":"error","error":{"type":"x","message":"overloaded"}}"#),
             "overloaded"

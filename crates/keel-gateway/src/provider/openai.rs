@@ -20,8 +20,10 @@ pub(super) fn chat_body(
     request.model = model.to_owned();
     if stream {
         request.stream = Some(true);
-        request.stream_options.get_or_insert_with(StreamOptions::default).include_usage =
-            Some(true);
+        request
+            .stream_options
+            .get_or_insert_with(StreamOptions::default)
+            .include_usage = Some(true);
     }
     serde_json::to_vec(&request)
         .map_err(|e| AttemptError::new(ErrorCode::Internal, format!("encode request: {e}")))
@@ -90,9 +92,16 @@ mod tests {
     fn run(datas: &[&str]) -> Vec<Result<ChatChunk, AttemptError>> {
         let events: Vec<_> = datas
             .iter()
-            .map(|d| Ok(SseEvent { event: String::new(), data: (*d).to_owned() }))
+            .map(|d| {
+                Ok(SseEvent {
+                    event: String::new(),
+                    data: (*d).to_owned(),
+                })
+            })
             .collect();
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         rt.block_on(chunks(Box::pin(futures::stream::iter(events))).collect())
     }
 
@@ -123,7 +132,10 @@ mod tests {
     fn malformed_and_error_chunks_end_the_stream() {
         let bad = run(&["{not json", "[DONE]"]);
         assert_eq!(bad.len(), 1);
-        assert_eq!(bad[0].as_ref().unwrap_err().code, ErrorCode::UpstreamBadResponse);
+        assert_eq!(
+            bad[0].as_ref().unwrap_err().code,
+            ErrorCode::UpstreamBadResponse
+        );
         let err = run(&[r#"{"error":{"message":"overloaded"}}"#]);
         assert!(err[0].as_ref().unwrap_err().message.contains("overloaded"));
     }

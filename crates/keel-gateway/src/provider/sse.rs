@@ -70,7 +70,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn collect(chunks: Vec<Vec<u8>>) -> Vec<Result<SseEvent, AttemptError>> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let bytes = futures::stream::iter(chunks.into_iter().map(Ok::<_, String>));
             let far = Instant::now() + Duration::from_secs(60);
@@ -107,6 +110,9 @@ mod tests {
         let far = Instant::now() + Duration::from_secs(600);
         let events: Vec<_> = decode(bytes, Duration::from_secs(5), far).collect().await;
         assert_eq!(events.len(), 2);
-        assert_eq!(events[1].as_ref().unwrap_err().code, ErrorCode::UpstreamTimeout);
+        assert_eq!(
+            events[1].as_ref().unwrap_err().code,
+            ErrorCode::UpstreamTimeout
+        );
     }
 }

@@ -1,0 +1,240 @@
+//! keel-server end to end in-process: a real `App` over HTTP against a real
+//! simulator, checking what the Python suite cannot see from outside —
+//! ledger rows after shutdown, draining, abandoned streams.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test on bad fixtures"
+)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_core::{Pricing, TenantId};
+use keel_gateway::{
+    DeploymentConfig, GatewayConfig, ModelConfig, ModelKind, ProviderConfig, ProviderKind,
+};
+use keel_server::{App, AppConfig, ServerSettings};
+use keel_sim::{SimConfig, SpawnedSim};
+use keel_store::{LedgerConfig, NewKey, Store, UsageQuery};
+use serde_json::{Value, json};
+
+const KEY: &str = "sk-keel-test-key";
+
+fn config(sim: &SpawnedSim, store_url: String) -> AppConfig {
+    let provider = ProviderConfig {
+        name: "sim".into(),
+        kind: ProviderKind::OpenAi,
+        base_url: sim.base_url(),
+        api_key: None,
+        connect_timeout: Duration::from_secs(2),
+        max_idle_per_host: 8,
+    };
+    let model = ModelConfig {
+        name: "m".into(),
+        kind: ModelKind::Chat,
+        deployments: vec![DeploymentConfig {
+            name: Arc::from("d"),
+            provider: "sim".into(),
+            upstream_model: "up".into(),
+            priority: 0,
+            weight: 1,
+            pricing: Pricing::from_dollars_per_mtok(1.0, 2.0).unwrap(),
+        }],
+        fallbacks: Vec::new(),
+        timeouts: Default::default(),
+        retry: Default::default(),
+        breaker: Default::default(),
+    };
+    let tenant = TenantId::new("t1").unwrap();
+    AppConfig {
+        server: ServerSettings {
+            max_body_bytes: 64 * 1024,
+            admin_token: Some("adm".into()),
+        },
+        store_url,
+        ledger: LedgerConfig::default(),
+        gateway: GatewayConfig {
+            providers: vec![provider],
+            models: vec![model],
+        },
+        tenants: vec![(tenant.clone(), "T1".into())],
+        keys: vec![(
+            NewKey {
+                tenant_id: tenant,
+                user_id: None,
+                name: "k".into(),
+            },
+            KEY.into(),
+        )],
+        shutdown_grace: Duration::from_secs(10),
+    }
+}
+
+async fn start(sim: &SpawnedSim, dir: &tempfile::TempDir) -> (App, String) {
+    let url = format!("sqlite://{}", dir.path().join("keel.db").display());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    (
+        App::start(config(sim, url.clone()), listener)
+            .await
+            .unwrap(),
+        url,
+    )
+}
+
+fn body(prompt: &str, stream: bool) -> Value {
+    json!({"model": "m", "stream": stream, "messages": [{"role": "user", "content": prompt}]})
+}
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_requests_and_flushes_the_ledger() {
+    let sim = keel_sim::spawn(SimConfig {
+        ttft_ms: 300,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (app, url) = start(&sim, &dir).await;
+    let endpoint = format!("{}/chat/completions", app.base_url());
+
+    // Requests are in flight (the sim holds each for 300 ms) when shutdown
+    // starts; every one must still complete.
+    let client = reqwest::Client::new();
+    let mut in_flight = Vec::new();
+    for i in 0..8 {
+        let request = client
+            .post(&endpoint)
+            .bearer_auth(KEY)
+            .header("x-keel-session", "drain")
+            .json(&body(&format!("q{i}"), i % 2 == 0))
+            .send();
+        in_flight.push(tokio::spawn(async move {
+            let response = request.await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.shutdown().await;
+    for task in in_flight {
+        let (status, text) = task.await.unwrap();
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains("sim:"), "{text}");
+    }
+
+    let store = Store::connect(&url).await.unwrap();
+    let query = UsageQuery {
+        session: Some("drain".into()),
+        ..UsageQuery::default()
+    };
+    let rows = store.usage(&query).await.unwrap();
+    assert_eq!(rows.len(), 8, "every drained request has its ledger row");
+    assert!(
+        rows.iter()
+            .all(|r| r.status == 200 && r.tenant_id == "t1" && r.cost_micros > 0)
+    );
+    assert_eq!(rows.iter().filter(|r| r.stream).count(), 4);
+}
+
+#[tokio::test]
+async fn abandoned_streams_are_still_recorded() {
+    let sim = keel_sim::spawn(SimConfig {
+        tokens_per_sec: 20.0,
+        completion_tokens: 200,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (app, url) = start(&sim, &dir).await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/chat/completions", app.base_url()))
+        .bearer_auth(KEY)
+        .header("x-keel-session", "gone")
+        .json(&body("long", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    drop(response);
+
+    // The row is written once keel notices the client left.
+    let store = Store::connect(&url).await.unwrap();
+    let query = UsageQuery {
+        session: Some("gone".into()),
+        ..UsageQuery::default()
+    };
+    let mut rows = Vec::new();
+    for _ in 0..100 {
+        rows = store.usage(&query).await.unwrap();
+        if !rows.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, 499);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_openai_errors_and_are_accounted() {
+    let sim = keel_sim::spawn(SimConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (app, url) = start(&sim, &dir).await;
+    let client = reqwest::Client::new();
+    let endpoint = format!("{}/chat/completions", app.base_url());
+    let cases: Vec<(Vec<u8>, u16, &str, Option<&str>)> = vec![
+        (b"{not json".to_vec(), 400, "invalid_json", None),
+        (
+            br#"{"model": "m"}"#.to_vec(),
+            400,
+            "invalid_request",
+            Some("messages"),
+        ),
+        (
+            br#"{"model": "m", "messages": "hi"}"#.to_vec(),
+            400,
+            "invalid_request",
+            Some("messages"),
+        ),
+        (
+            br#"{"model": "zzz", "messages": [{"role": "user", "content": "x"}]}"#.to_vec(),
+            404,
+            "model_not_found",
+            Some("model"),
+        ),
+        (vec![b' '; 70 * 1024], 413, "payload_too_large", None),
+    ];
+    for (payload, status, code, param) in cases {
+        let response = client
+            .post(&endpoint)
+            .bearer_auth(KEY)
+            .header("x-keel-session", "bad")
+            .body(payload)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status, "{code}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["code"], code, "{error}");
+        assert_eq!(error["error"]["param"].as_str(), param, "{error}");
+        assert!(!error["error"]["message"].as_str().unwrap().is_empty());
+    }
+    let unauthorized = client
+        .post(&endpoint)
+        .json(&body("x", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthorized.status(), 401);
+
+    app.shutdown().await;
+    let store = Store::connect(&url).await.unwrap();
+    let query = UsageQuery {
+        session: Some("bad".into()),
+        ..UsageQuery::default()
+    };
+    let totals = store.usage_totals(&query).await.unwrap();
+    assert_eq!((totals.requests, totals.errors), (5, 5));
+}
