@@ -6,13 +6,11 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::HeaderMap;
 use keel_core::chat::ChatRequest;
-use tokio::time::Instant;
 
 use crate::accounting::{Outcome, RequestContext, estimate_tokens};
-use crate::body::read_json;
 use crate::error::ApiError;
 use crate::relay;
-use crate::routes::{gateway_headers, refuse};
+use crate::routes::{admit, gateway_headers, refuse};
 use crate::state::AppState;
 
 /// Serves one chat completion, plain or streamed.
@@ -21,16 +19,7 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let started = Instant::now();
-    let caller = state.keys.authenticate(&headers)?;
-    let ctx = RequestContext::new(caller, &headers, "chat", started)?;
-    let request: ChatRequest = match read_json(body, state.settings.max_body_bytes).await {
-        Ok(request) => request,
-        Err(e) => return Err(refuse(&state, &ctx, String::new(), e).await),
-    };
-    if let Err(e) = request.validate() {
-        return Err(refuse(&state, &ctx, request.model.clone(), e.into()).await);
-    }
+    let (ctx, request): (_, ChatRequest) = admit(&state, &headers, body, "chat").await?;
     if request.is_stream() {
         return stream(state, ctx, request).await;
     }

@@ -6,12 +6,10 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::HeaderMap;
 use keel_core::embeddings::EmbeddingRequest;
-use tokio::time::Instant;
 
-use crate::accounting::{Outcome, RequestContext};
-use crate::body::read_json;
+use crate::accounting::Outcome;
 use crate::error::ApiError;
-use crate::routes::{gateway_headers, refuse};
+use crate::routes::{admit, gateway_headers, refuse};
 use crate::state::AppState;
 
 /// Serves one embeddings call.
@@ -20,16 +18,7 @@ pub async fn embeddings(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let started = Instant::now();
-    let caller = state.keys.authenticate(&headers)?;
-    let ctx = RequestContext::new(caller, &headers, "embeddings", started)?;
-    let request: EmbeddingRequest = match read_json(body, state.settings.max_body_bytes).await {
-        Ok(request) => request,
-        Err(e) => return Err(refuse(&state, &ctx, String::new(), e).await),
-    };
-    if let Err(e) = request.validate() {
-        return Err(refuse(&state, &ctx, request.model.clone(), e.into()).await);
-    }
+    let (ctx, request): (_, EmbeddingRequest) = admit(&state, &headers, body, "embeddings").await?;
     match state.gateway.embed(&request).await {
         Ok((response, served)) => {
             let outcome = Outcome {

@@ -9,12 +9,65 @@ pub mod models;
 
 use std::time::Duration;
 
+use axum::body::Body;
 use http::{HeaderMap, HeaderValue};
+use keel_core::RequestError;
+use keel_core::chat::ChatRequest;
+use keel_core::embeddings::EmbeddingRequest;
 use keel_gateway::Served;
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
 
 use crate::accounting::{Outcome, RequestContext};
+use crate::body::read_json;
 use crate::error::ApiError;
 use crate::state::AppState;
+
+/// A request body the gateway serves: it names a model and can check its
+/// own values.
+pub(crate) trait ModelRequest: DeserializeOwned {
+    fn model(&self) -> &str;
+    fn validate(&self) -> Result<(), RequestError>;
+}
+
+impl ModelRequest for ChatRequest {
+    fn model(&self) -> &str {
+        &self.model
+    }
+    fn validate(&self) -> Result<(), RequestError> {
+        ChatRequest::validate(self)
+    }
+}
+
+impl ModelRequest for EmbeddingRequest {
+    fn model(&self) -> &str {
+        &self.model
+    }
+    fn validate(&self) -> Result<(), RequestError> {
+        EmbeddingRequest::validate(self)
+    }
+}
+
+/// The common start of every model route: authenticate, attribute, read and
+/// check the body. A refusal after authentication is accounted to the caller.
+pub(crate) async fn admit<T: ModelRequest>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    route: &'static str,
+) -> Result<(RequestContext, T), ApiError> {
+    let started = Instant::now();
+    let caller = state.keys.authenticate(headers)?;
+    let ctx = RequestContext::new(caller, headers, route, started)?;
+    let request: T = match read_json(body, state.settings.max_body_bytes).await {
+        Ok(request) => request,
+        Err(e) => return Err(refuse(state, &ctx, String::new(), e).await),
+    };
+    if let Err(e) = request.validate() {
+        return Err(refuse(state, &ctx, request.model().to_owned(), e.into()).await);
+    }
+    Ok((ctx, request))
+}
 
 /// Accounts for a refused or failed request and passes its error on.
 pub(crate) async fn refuse(
