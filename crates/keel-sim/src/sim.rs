@@ -103,6 +103,10 @@ impl Sim {
             shutdown.await;
             shared.shutting_down.send_replace(true);
         };
+        // Streamed words are small writes; send each at once.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         axum::serve(listener, self.router())
             .with_graceful_shutdown(signal)
             .await?;
