@@ -39,9 +39,10 @@ impl ErrorClass {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
-    /// The body parsed but a field is missing or has a bad value.
+    /// The body is JSON, but a field is missing, of the wrong type, or has
+    /// a bad value (`param` names it).
     InvalidRequest,
-    /// The body is not valid JSON or has a field of the wrong type.
+    /// The body is not valid JSON at all.
     InvalidJson,
     /// No API key, or one keel does not know.
     InvalidApiKey,

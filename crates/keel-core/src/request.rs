@@ -12,7 +12,8 @@ use crate::ErrorCode;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct RequestError {
-    /// `InvalidJson` for syntax and type errors, `InvalidRequest` for values.
+    /// `InvalidJson` for syntax errors, `InvalidRequest` for missing fields,
+    /// wrong types and bad values.
     pub code: ErrorCode,
     /// The JSON path of the field at fault, if one is.
     pub param: Option<String>,

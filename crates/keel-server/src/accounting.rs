@@ -6,12 +6,14 @@
 //! [`RequestContext::finish`] records metrics and hands a usage row to the
 //! ledger, whose bounded queue writes it off the hot path.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderMap;
 use keel_core::{Cost, ErrorCode, RequestId};
 use keel_gateway::Served;
 use keel_store::UsageRecord;
+use keel_telemetry::InFlight;
 use keel_telemetry::metrics::{ErrorLabels, ModelLabels, RequestLabels, SpendLabels, TokenLabels};
 use tokio::time::Instant;
 
@@ -37,6 +39,9 @@ pub struct RequestContext {
     pub workflow: Option<String>,
     /// `chat` or `embeddings`.
     pub route: &'static str,
+    /// Counts the request in `keel_in_flight_requests` until the last copy
+    /// of this context (a stream's, for streams) is dropped.
+    _in_flight: Arc<InFlight>,
 }
 
 /// How a request ended.
@@ -63,12 +68,14 @@ pub struct Outcome {
 impl RequestContext {
     /// Attributes a request from its caller and headers.
     pub fn new(
+        state: &AppState,
         caller: Caller,
         headers: &HeaderMap,
         route: &'static str,
         started: Instant,
     ) -> Result<RequestContext, ApiError> {
         Ok(RequestContext {
+            _in_flight: Arc::new(state.metrics.enter_request()),
             request_id: RequestId::generate(),
             started,
             caller,

@@ -14,6 +14,7 @@ pub mod error;
 mod relay;
 pub mod routes;
 pub mod state;
+mod unread_body;
 
 use std::future::Future;
 use std::time::Duration;
@@ -64,6 +65,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/admin/v1", admin)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(unread_body::close_if_body_unread))
         .with_state(state)
 }
 

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{BeginWrite, RowExt, Store, on_pool};
+use crate::backend::{Backend, BeginWrite, RowExt, Store, on_pool};
 use crate::error::StoreError;
 
 /// How many rows [`Store::usage`] returns when the query sets no limit.
@@ -138,11 +138,12 @@ impl Store {
             return Ok(());
         }
         let rows = without_nul_chars(rows);
+        let backend = self.backend();
         on_pool!(self, |pool| {
             async {
                 let mut tx = pool.begin_write().await?;
                 for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-                    let sql = insert_sql(chunk.len());
+                    let sql = insert_sql(chunk.len(), backend);
                     let mut query = sqlx::query(&sql);
                     for row in chunk {
                         query = query
@@ -232,6 +233,74 @@ impl Store {
         })
         .map_err(StoreError::db("sum usage rows"))
     }
+
+    /// Matching rows (newest first, up to the limit) and the totals over
+    /// every matching row, read from one snapshot so they never disagree
+    /// while the ledger is writing.
+    pub async fn usage_report(
+        &self,
+        query: &UsageQuery,
+    ) -> Result<(Vec<UsageRecord>, UsageTotals), StoreError> {
+        let mut filter = Filter::new(query);
+        let totals_sql = format!("{SELECT_TOTALS}{}", filter.sql);
+        let totals_args = filter.args.len();
+        let limit = query
+            .limit
+            .unwrap_or(DEFAULT_USAGE_LIMIT)
+            .min(MAX_USAGE_LIMIT);
+        let limit_placeholder = filter.bind(Arg::Int(i64::from(limit)));
+        let rows_sql = format!(
+            "SELECT {} FROM usage_ledger{} ORDER BY ts_ms DESC, request_id DESC LIMIT {}",
+            usage_columns!(),
+            filter.sql,
+            limit_placeholder
+        );
+        let postgres = self.backend() == Backend::Postgres;
+
+        on_pool!(self, |pool| {
+            async {
+                // SQLite in WAL mode reads from one snapshot for the whole
+                // transaction; PostgreSQL needs REPEATABLE READ for that.
+                let mut tx = pool.begin().await?;
+                if postgres {
+                    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let mut select = sqlx::query(&totals_sql);
+                for arg in &filter.args[..totals_args] {
+                    select = match *arg {
+                        Arg::Text(text) => select.bind(text),
+                        Arg::Int(int) => select.bind(int),
+                    };
+                }
+                let row = select.fetch_one(&mut *tx).await?;
+                let totals = UsageTotals {
+                    requests: row.int("requests")?,
+                    errors: row.int("errors")?,
+                    prompt_tokens: row.int("prompt_tokens")?,
+                    completion_tokens: row.int("completion_tokens")?,
+                    cost_micros: row.int("cost_micros")?,
+                };
+                let mut select = sqlx::query(&rows_sql);
+                for arg in &filter.args {
+                    select = match *arg {
+                        Arg::Text(text) => select.bind(text),
+                        Arg::Int(int) => select.bind(int),
+                    };
+                }
+                let rows = select.fetch_all(&mut *tx).await?;
+                let rows = rows
+                    .iter()
+                    .map(usage_from_row)
+                    .collect::<Result<Vec<_>, _>>()?;
+                tx.commit().await?;
+                Ok((rows, totals))
+            }
+            .await
+        })
+        .map_err(StoreError::db("read a usage report"))
+    }
 }
 
 /// The rows with every NUL character replaced by U+FFFD. PostgreSQL refuses
@@ -290,7 +359,12 @@ fn without_nul_chars(rows: &[UsageRecord]) -> Cow<'_, [UsageRecord]> {
 
 /// `INSERT … VALUES ($1, …), ($22, …) ON CONFLICT DO NOTHING` for `rows`
 /// rows. Only placeholders are generated; values are always bound.
-fn insert_sql(rows: usize) -> String {
+///
+/// SQLite gets anonymous `?` placeholders: binding numbered ones makes the
+/// driver look up every parameter's name, and SQLite's name lookup is a
+/// linear scan, so a 987-parameter statement cost O(n²) — measured at over
+/// a tenth of keel's CPU under load.
+fn insert_sql(rows: usize, backend: Backend) -> String {
     let mut sql = String::with_capacity(64 + rows * USAGE_COLUMNS * 6);
     sql.push_str(concat!(
         "INSERT INTO usage_ledger (",
@@ -303,8 +377,13 @@ fn insert_sql(rows: usize) -> String {
             if column > 0 {
                 sql.push_str(", ");
             }
-            sql.push('$');
-            sql.push_str(&(row * USAGE_COLUMNS + column + 1).to_string());
+            match backend {
+                Backend::Sqlite => sql.push('?'),
+                Backend::Postgres => {
+                    sql.push('$');
+                    sql.push_str(&(row * USAGE_COLUMNS + column + 1).to_string());
+                }
+            }
         }
         sql.push(')');
     }
@@ -404,7 +483,10 @@ mod tests {
 
     #[test]
     fn insert_sql_numbers_every_placeholder_once() {
-        let sql = insert_sql(2);
+        let sql = insert_sql(2, Backend::Sqlite);
+        assert_eq!(sql.matches('?').count(), 2 * USAGE_COLUMNS);
+        assert!(!sql.contains('$'));
+        let sql = insert_sql(2, Backend::Postgres);
         assert!(sql.contains("($1, $2, "));
         assert!(sql.contains(", ($22, "));
         assert!(sql.contains("$42)"));

@@ -7,4 +7,4 @@
 
 pub mod metrics;
 
-pub use metrics::{BreakerStateValue, Metrics};
+pub use metrics::{BreakerStateValue, InFlight, Metrics};

@@ -119,6 +119,16 @@ pub struct Metrics {
     pub ledger_pending: Gauge,
 }
 
+/// A request being served; dropping it takes it off the in-flight gauge.
+#[derive(Debug)]
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 fn seconds_buckets() -> Histogram {
     // 1 ms to ~65 s, doubling: model calls span four orders of magnitude.
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
@@ -228,6 +238,13 @@ impl Metrics {
             .set(state as i64);
     }
 
+    /// Counts a request in `keel_in_flight_requests` until the returned
+    /// guard is dropped.
+    pub fn enter_request(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
+    }
+
     /// Renders every metric in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -274,6 +291,17 @@ mod tests {
         );
         assert!(text.contains("model=\"fast\""));
         assert!(text.contains("keel_breaker_state{deployment=\"sim-a\"} 2"));
+    }
+
+    #[test]
+    fn in_flight_guard_counts_until_dropped() {
+        let m = Metrics::new();
+        let a = m.enter_request();
+        let b = m.enter_request();
+        assert_eq!(m.in_flight.get(), 2);
+        drop(a);
+        drop(b);
+        assert_eq!(m.in_flight.get(), 0);
     }
 
     #[test]

@@ -58,7 +58,7 @@ pub(crate) async fn admit<T: ModelRequest>(
 ) -> Result<(RequestContext, T), ApiError> {
     let started = Instant::now();
     let caller = state.keys.authenticate(headers)?;
-    let ctx = RequestContext::new(caller, headers, route, started)?;
+    let ctx = RequestContext::new(state, caller, headers, route, started)?;
     let request: T = match read_json(body, state.settings.max_body_bytes).await {
         Ok(request) => request,
         Err(e) => return Err(refuse(state, &ctx, String::new(), e).await),

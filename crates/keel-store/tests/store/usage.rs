@@ -251,7 +251,29 @@ async fn stores_nul_characters_as_replacement_characters(db: TestDb) -> Result<(
     Ok(())
 }
 
+async fn report_pairs_rows_with_totals_over_every_match(db: TestDb) -> Result<()> {
+    let rows: Vec<UsageRecord> = (0..5)
+        .map(|i| usage_row(&format!("r{i}"), "acme", i))
+        .collect();
+    db.store.insert_usage(&rows).await?;
+    db.store
+        .insert_usage(&[usage_row("other", "globex", 9)])
+        .await?;
+
+    let query = UsageQuery {
+        tenant_id: Some("acme".into()),
+        limit: Some(2),
+        ..UsageQuery::default()
+    };
+    let (page, totals) = db.store.usage_report(&query).await?;
+    assert_eq!(ids(&page), vec!["r4", "r3"]);
+    assert_eq!(totals, db.store.usage_totals(&query).await?);
+    assert_eq!(totals.requests, 5, "totals ignore the page limit");
+    Ok(())
+}
+
 every_backend!(
+    report_pairs_rows_with_totals_over_every_match,
     stores_nul_characters_as_replacement_characters,
     stores_rows_and_ignores_repeated_request_ids,
     filters_by_every_attribute,
