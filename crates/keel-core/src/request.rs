@@ -34,6 +34,11 @@ impl RequestError {
 
 /// Parses a JSON body into `T`, reporting the path of the first bad field.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, RequestError> {
+    // Most bodies are valid: parse them directly, and pay for path tracking
+    // only to explain a failure.
+    if let Ok(value) = serde_json::from_slice(bytes) {
+        return Ok(value);
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|err| {
         let path = err.path().to_string();

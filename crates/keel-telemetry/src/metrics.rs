@@ -90,9 +90,13 @@ pub enum BreakerStateValue {
 }
 
 /// Every instrument keel records into, plus the registry that exports them.
+/// Cloning is one reference-count increment: handlers clone it per request.
 #[derive(Clone)]
-pub struct Metrics {
-    registry: Arc<Registry>,
+pub struct Metrics(Arc<Families>);
+
+/// The metric families; reached through [`Metrics`] by `Deref`.
+pub struct Families {
+    registry: Registry,
     /// Client-visible request duration.
     pub request_duration: HistogramFamily<RequestLabels>,
     /// Request duration minus time spent waiting on upstreams.
@@ -147,8 +151,8 @@ impl Metrics {
     /// Creates and registers every family.
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("keel");
-        let m = Metrics {
-            registry: Arc::new(Registry::default()),
+        let m = Families {
+            registry: Registry::default(),
             request_duration: Family::new_with_constructor(seconds_buckets),
             gateway_overhead: Family::new_with_constructor(overhead_buckets),
             time_to_first_token: Family::new_with_constructor(seconds_buckets),
@@ -223,10 +227,7 @@ impl Metrics {
             "Usage rows not yet written",
             m.ledger_pending.clone(),
         );
-        Metrics {
-            registry: Arc::new(registry),
-            ..m
-        }
+        Metrics(Arc::new(Families { registry, ..m }))
     }
 
     /// Sets a deployment's breaker gauge.
@@ -254,6 +255,14 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+impl std::ops::Deref for Metrics {
+    type Target = Families;
+
+    fn deref(&self) -> &Families {
+        &self.0
     }
 }
 

@@ -52,6 +52,7 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields, default)]
 struct RawServer {
     listen: String,
+    worker_threads: usize,
     max_body_bytes: u64,
     admin_token_env: String,
     shutdown_grace_ms: u64,
@@ -61,6 +62,7 @@ impl Default for RawServer {
     fn default() -> Self {
         RawServer {
             listen: "127.0.0.1:8080".into(),
+            worker_threads: 0,
             max_body_bytes: 4 * 1024 * 1024,
             admin_token_env: "KEEL_ADMIN_TOKEN".into(),
             shutdown_grace_ms: 30_000,
@@ -256,6 +258,8 @@ struct RawKey {
 pub struct Config {
     /// Where `keel serve` listens.
     pub listen: SocketAddr,
+    /// Runtime worker threads; `None` means one per CPU core.
+    pub worker_threads: Option<usize>,
     /// Everything the server needs.
     pub app: AppConfig,
 }
@@ -304,6 +308,12 @@ pub fn check(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Re
             raw.server.listen
         )
     })?;
+    if raw.server.worker_threads > 1024 {
+        bail!(
+            "key `server.worker_threads`: must be 0 (one per core) to 1024, got {}",
+            raw.server.worker_threads
+        );
+    }
     if raw.server.max_body_bytes < 1024 {
         bail!(
             "key `server.max_body_bytes`: must be at least 1024, got {}",
@@ -325,6 +335,7 @@ pub fn check(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Re
     };
     Ok(Config {
         listen,
+        worker_threads: (raw.server.worker_threads > 0).then_some(raw.server.worker_threads),
         app: AppConfig {
             server,
             store_url,
