@@ -37,6 +37,7 @@ KEEL = os.path.join(ROOT, "target", "release", "keel")
 OUT = os.path.join(ROOT, "bench", "out")
 VENV = os.path.join(ROOT, "bench", ".venv")
 KEY = "sk-keel-bench-0000"
+LITELLM_KEY = "sk-litellm-bench-0123456789abcdef0123456789abcdef"
 BODY = json.dumps({
     "model": "bench",
     "messages": [{"role": "user", "content": "What is the capital of France?"}],
@@ -140,7 +141,7 @@ def start_litellm(port, sim_port, tmp):
       api_base: http://127.0.0.1:{sim_port}/v1
       api_key: sk-unused
 """)
-    env = dict(os.environ, LITELLM_LOG="ERROR")
+    env = dict(os.environ, LITELLM_LOG="ERROR", LITELLM_MASTER_KEY=LITELLM_KEY)
     return subprocess.Popen([os.path.join(VENV, "bin", "litellm"), "--config", config, "--port", str(port),
                              "--host", "127.0.0.1"], env=env, stdout=subprocess.DEVNULL,
                             stderr=open(os.path.join(tmp, "litellm.log"), "w"))
@@ -179,8 +180,8 @@ def main():
         if not args.no_litellm:
             lite = start_litellm(lite_port, sim_port, tmp); procs.append(lite)
             wait_http(f"http://127.0.0.1:{lite_port}/health/liveliness", lite, deadline_s=180)
-            litellm = (f"http://127.0.0.1:{lite_port}/v1/chat/completions", None)
-            oha(litellm[0], None, n=500, conns=8)
+            litellm = (f"http://127.0.0.1:{lite_port}/v1/chat/completions", LITELLM_KEY)
+            oha(litellm[0], LITELLM_KEY, n=500, conns=8)
 
         all_results = {"machine": {"cores": os.cpu_count(), "uname": " ".join(os.uname())}, "runs": {}}
         for workers in args.workers:
