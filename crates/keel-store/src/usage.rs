@@ -96,7 +96,8 @@ pub struct UsageQuery {
 pub struct UsageTotals {
     /// Rows matched.
     pub requests: i64,
-    /// Rows with an HTTP status of 400 or more.
+    /// Failed requests: an HTTP status of 400 or more, or an error code
+    /// (a stream that failed after its 200 was sent has both 200 and a code).
     pub errors: i64,
     /// Prompt tokens summed.
     pub prompt_tokens: i64,
@@ -124,7 +125,7 @@ const ROWS_PER_STATEMENT: usize = 999 / USAGE_COLUMNS;
 const _: () = assert!(ROWS_PER_STATEMENT * USAGE_COLUMNS <= 999);
 
 const SELECT_TOTALS: &str = "SELECT COUNT(*) AS requests, \
-     CAST(COALESCE(SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END), 0) AS BIGINT) AS errors, \
+     CAST(COALESCE(SUM(CASE WHEN status >= 400 OR error_code IS NOT NULL THEN 1 ELSE 0 END), 0) AS BIGINT) AS errors, \
      CAST(COALESCE(SUM(prompt_tokens), 0) AS BIGINT) AS prompt_tokens, \
      CAST(COALESCE(SUM(completion_tokens), 0) AS BIGINT) AS completion_tokens, \
      CAST(COALESCE(SUM(cost_micros), 0) AS BIGINT) AS cost_micros \

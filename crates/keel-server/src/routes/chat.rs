@@ -28,13 +28,14 @@ pub async fn chat_completions(
         Ok((completion, served)) => {
             let (prompt_tokens, completion_tokens) = match &completion.usage {
                 Some(u) => (u.prompt_tokens, u.completion_tokens),
-                None => estimate_usage(
-                    &request,
-                    &completion.choices[..]
-                        .first()
+                None => {
+                    let text: String = completion
+                        .choices
+                        .iter()
                         .map(|c| c.message.content_text())
-                        .unwrap_or_default(),
-                ),
+                        .collect();
+                    estimate_usage(&request, &text)
+                }
             };
             let outcome = Outcome {
                 model: request.model.clone(),

@@ -194,8 +194,18 @@ async fn totals_sum_the_matching_rows(db: TestDb) -> Result<()> {
             ..usage_row("c", "acme", 3)
         },
         usage_row("d", "beta", 4),
+        // A stream that broke after its 200 went out.
+        UsageRecord {
+            error_code: Some("upstream_bad_response".into()),
+            ..usage_row("e", "cut", 5)
+        },
     ];
     db.store.insert_usage(&rows).await?;
+    let cut = UsageQuery {
+        tenant_id: Some("cut".into()),
+        ..Default::default()
+    };
+    assert_eq!(db.store.usage_totals(&cut).await?.errors, 1);
 
     let acme = UsageQuery {
         tenant_id: Some("acme".into()),
