@@ -5,7 +5,12 @@ Three paths to the same `keel sim` upstream, each driven by `oha`:
 
   direct   client -> keel sim
   keel     client -> keel serve -> keel sim
+  floor    client -> minimal axum+reqwest proxy -> keel sim
   litellm  client -> LiteLLM proxy -> keel sim   (skipped with --no-litellm)
+
+The floor is crates/keel-server/examples/minimal_proxy.rs: the same HTTP
+stack as keel with nothing else (no auth, parsing, routing or accounting),
+so "keel minus floor" is what keel's own features cost.
 
 For each load point the paths run back to back, alternating, and the added
 latency is the difference of their percentiles in that same run. Load points:
@@ -34,6 +39,7 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEEL = os.path.join(ROOT, "target", "release", "keel")
+FLOOR = os.path.join(ROOT, "target", "release", "examples", "minimal_proxy")
 OUT = os.path.join(ROOT, "bench", "out")
 VENV = os.path.join(ROOT, "bench", ".venv")
 KEY = "sk-keel-bench-0000"
@@ -164,8 +170,8 @@ def main():
     args = ap.parse_args()
     if not shutil.which("oha"):
         raise SystemExit("oha not found: cargo install oha")
-    if not os.path.exists(KEEL):
-        raise SystemExit("no release build: cargo build --release -p keel")
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "keel", "-p", "keel-server",
+                    "--example", "minimal_proxy", "--bin", "keel"], check=True, cwd=ROOT)
     dur = 4 if args.quick else 10
     n_c1 = 1000 if args.quick else 5000
 
@@ -188,7 +194,13 @@ def main():
             keel_port = free_port()
             keel = start_keel(keel_port, sim_port, tmp, workers); procs.append(keel)
             wait_http(f"http://127.0.0.1:{keel_port}/healthz", keel)
-            paths = {"direct": direct, "keel": (f"http://127.0.0.1:{keel_port}/v1/chat/completions", KEY)}
+            floor_port = free_port()
+            floor = subprocess.Popen([FLOOR, f"127.0.0.1:{floor_port}", f"http://127.0.0.1:{sim_port}/v1", str(workers)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            procs.append(floor)
+            time.sleep(0.5)
+            paths = {"direct": direct, "keel": (f"http://127.0.0.1:{keel_port}/v1/chat/completions", KEY),
+                     "floor": (f"http://127.0.0.1:{floor_port}/v1/chat/completions", None)}
             if litellm and workers == args.workers[0]:
                 paths["litellm"] = litellm
             results = measure(paths, dur, n_c1)
@@ -196,9 +208,10 @@ def main():
             all_results["runs"][f"keel_{workers}_workers"] = results
             print(f"\n### keel with {workers} worker thread(s)")
             report(results)
-            keel.send_signal(signal.SIGTERM)
-            keel.wait(timeout=30)
-            procs.remove(keel)
+            for p in (keel, floor):
+                p.send_signal(signal.SIGTERM)
+                p.wait(timeout=30)
+                procs.remove(p)
 
         os.makedirs(OUT, exist_ok=True)
         with open(os.path.join(OUT, "gateway_overhead.json"), "w") as f:
@@ -250,7 +263,7 @@ def report(r):
     def row(label, res):
         d = res["direct"]
         out = []
-        for name in ("keel", "litellm"):
+        for name in ("keel", "floor", "litellm"):
             if name in res:
                 x = res[name]
                 out.append(f"| {label} | {name} | {d['p50_ms']:.3f} | {x['p50_ms']:.3f} | {x['p50_ms'] - d['p50_ms']:+.3f} "
