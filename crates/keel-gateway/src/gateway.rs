@@ -45,7 +45,7 @@ pub enum BuildError {
         /// The provider.
         provider: String,
         /// The cause.
-        source: reqwest::Error,
+        source: crate::provider::ClientError,
     },
 }
 

@@ -32,16 +32,23 @@ async fn forward(State(up): State<Upstream>, body: Bytes) -> Result<Bytes, Statu
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    anyhow::ensure!(args.len() == 4, "usage: minimal_proxy LISTEN UPSTREAM_BASE_URL WORKERS");
+    anyhow::ensure!(
+        args.len() == 4,
+        "usage: minimal_proxy LISTEN UPSTREAM_BASE_URL WORKERS"
+    );
     let workers: usize = args[3].parse()?;
     let upstream = Upstream {
         client: reqwest::Client::builder().tcp_nodelay(true).build()?,
         url: format!("{}/chat/completions", args[2].trim_end_matches('/')),
     };
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
-        let app = Router::new().route("/v1/chat/completions", post(forward)).with_state(upstream);
+        let app = Router::new()
+            .route("/v1/chat/completions", post(forward))
+            .with_state(upstream);
         let listener = tokio::net::TcpListener::bind(&args[1]).await?;
         axum::serve(listener, app).await?;
         Ok(())

@@ -27,8 +27,12 @@ pub struct SseEvent {
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<SseEvent, AttemptError>> + Send>>;
 
 /// Decodes a response body as server-sent events.
-pub fn events(response: reqwest::Response, idle: Duration, deadline: Instant) -> EventStream {
-    decode(response.bytes_stream(), idle, deadline)
+pub(crate) fn events(response: super::Response, idle: Duration, deadline: Instant) -> EventStream {
+    decode(
+        http_body_util::BodyDataStream::new(response.into_body()),
+        idle,
+        deadline,
+    )
 }
 
 /// Decodes any byte stream as server-sent events (split out for tests).
