@@ -5,7 +5,7 @@ Three paths to the same `keel sim` upstream, each driven by `oha`:
 
   direct   client -> keel sim
   keel     client -> keel serve -> keel sim
-  floor    client -> minimal axum+reqwest proxy -> keel sim
+  floor    client -> minimal axum + hyper-client proxy -> keel sim
   litellm  client -> LiteLLM proxy -> keel sim   (skipped with --no-litellm)
 
 The floor is crates/keel-server/examples/minimal_proxy.rs: the same HTTP
