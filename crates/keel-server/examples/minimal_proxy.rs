@@ -28,14 +28,25 @@ async fn forward(State(up): State<Upstream>, body: Bytes) -> Result<Bytes, Statu
         .header("content-type", "application/json")
         .body(Full::new(body))
         .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
-    let response = up.client.request(request).await.map_err(|_| StatusCode::BAD_GATEWAY)?;
-    let body = response.into_body().collect().await.map_err(|_| StatusCode::BAD_GATEWAY)?;
+    let response = up
+        .client
+        .request(request)
+        .await
+        .map_err(|_| StatusCode::BAD_GATEWAY)?;
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|_| StatusCode::BAD_GATEWAY)?;
     Ok(body.to_bytes())
 }
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    anyhow::ensure!(args.len() == 4, "usage: minimal_proxy LISTEN UPSTREAM_BASE_URL WORKERS");
+    anyhow::ensure!(
+        args.len() == 4,
+        "usage: minimal_proxy LISTEN UPSTREAM_BASE_URL WORKERS"
+    );
     let workers: usize = args[3].parse()?;
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
@@ -43,10 +54,14 @@ fn main() -> anyhow::Result<()> {
         client: Client::builder(TokioExecutor::new()).build(connector),
         uri: format!("{}/chat/completions", args[2].trim_end_matches('/')).parse()?,
     };
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
-        let app = Router::new().route("/v1/chat/completions", post(forward)).with_state(upstream);
+        let app = Router::new()
+            .route("/v1/chat/completions", post(forward))
+            .with_state(upstream);
         let listener = tokio::net::TcpListener::bind(&args[1]).await?;
         axum::serve(listener, app).await?;
         Ok(())
