@@ -182,26 +182,10 @@ impl Store {
     /// Ledger rows matching `query`, newest first.
     pub async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRecord>, StoreError> {
         let mut filter = Filter::new(query);
-        let limit = query
-            .limit
-            .unwrap_or(DEFAULT_USAGE_LIMIT)
-            .min(MAX_USAGE_LIMIT);
-        let limit_placeholder = filter.bind(Arg::Int(i64::from(limit)));
-        let sql = format!(
-            "SELECT {} FROM usage_ledger{} ORDER BY ts_ms DESC, request_id DESC LIMIT {}",
-            usage_columns!(),
-            filter.sql,
-            limit_placeholder
-        );
+        let sql = rows_sql(&mut filter, query);
 
         on_pool!(self, |pool| {
-            let mut select = sqlx::query(&sql);
-            for arg in &filter.args {
-                select = match *arg {
-                    Arg::Text(text) => select.bind(text),
-                    Arg::Int(int) => select.bind(int),
-                };
-            }
+            let select = bind_args!(sqlx::query(&sql), &filter.args);
             let rows = select.fetch_all(pool).await;
             rows.and_then(|rows| rows.iter().map(usage_from_row).collect())
         })
@@ -214,23 +198,9 @@ impl Store {
         let sql = format!("{SELECT_TOTALS}{}", filter.sql);
 
         on_pool!(self, |pool| {
-            let mut select = sqlx::query(&sql);
-            for arg in &filter.args {
-                select = match *arg {
-                    Arg::Text(text) => select.bind(text),
-                    Arg::Int(int) => select.bind(int),
-                };
-            }
+            let select = bind_args!(sqlx::query(&sql), &filter.args);
             let row = select.fetch_one(pool).await;
-            row.and_then(|row| {
-                Ok(UsageTotals {
-                    requests: row.int("requests")?,
-                    errors: row.int("errors")?,
-                    prompt_tokens: row.int("prompt_tokens")?,
-                    completion_tokens: row.int("completion_tokens")?,
-                    cost_micros: row.int("cost_micros")?,
-                })
-            })
+            row.and_then(|row| totals_from_row(&row))
         })
         .map_err(StoreError::db("sum usage rows"))
     }
@@ -245,17 +215,7 @@ impl Store {
         let mut filter = Filter::new(query);
         let totals_sql = format!("{SELECT_TOTALS}{}", filter.sql);
         let totals_args = filter.args.len();
-        let limit = query
-            .limit
-            .unwrap_or(DEFAULT_USAGE_LIMIT)
-            .min(MAX_USAGE_LIMIT);
-        let limit_placeholder = filter.bind(Arg::Int(i64::from(limit)));
-        let rows_sql = format!(
-            "SELECT {} FROM usage_ledger{} ORDER BY ts_ms DESC, request_id DESC LIMIT {}",
-            usage_columns!(),
-            filter.sql,
-            limit_placeholder
-        );
+        let rows_sql = rows_sql(&mut filter, query);
         let postgres = self.backend() == Backend::Postgres;
 
         on_pool!(self, |pool| {
@@ -268,28 +228,9 @@ impl Store {
                         .execute(&mut *tx)
                         .await?;
                 }
-                let mut select = sqlx::query(&totals_sql);
-                for arg in &filter.args[..totals_args] {
-                    select = match *arg {
-                        Arg::Text(text) => select.bind(text),
-                        Arg::Int(int) => select.bind(int),
-                    };
-                }
-                let row = select.fetch_one(&mut *tx).await?;
-                let totals = UsageTotals {
-                    requests: row.int("requests")?,
-                    errors: row.int("errors")?,
-                    prompt_tokens: row.int("prompt_tokens")?,
-                    completion_tokens: row.int("completion_tokens")?,
-                    cost_micros: row.int("cost_micros")?,
-                };
-                let mut select = sqlx::query(&rows_sql);
-                for arg in &filter.args {
-                    select = match *arg {
-                        Arg::Text(text) => select.bind(text),
-                        Arg::Int(int) => select.bind(int),
-                    };
-                }
+                let select = bind_args!(sqlx::query(&totals_sql), &filter.args[..totals_args]);
+                let totals = totals_from_row(&select.fetch_one(&mut *tx).await?)?;
+                let select = bind_args!(sqlx::query(&rows_sql), &filter.args);
                 let rows = select.fetch_all(&mut *tx).await?;
                 let rows = rows
                     .iter()
@@ -450,6 +391,48 @@ impl<'a> Filter<'a> {
         self.args.push(arg);
         format!("${}", self.args.len())
     }
+}
+
+/// Binds filter values in order; a macro because the query type differs per
+/// driver.
+macro_rules! bind_args {
+    ($query:expr, $args:expr) => {{
+        let mut query = $query;
+        for arg in $args {
+            query = match *arg {
+                Arg::Text(text) => query.bind(text),
+                Arg::Int(int) => query.bind(int),
+            };
+        }
+        query
+    }};
+}
+use bind_args;
+
+/// `SELECT … ORDER BY … LIMIT $n` for the filter, binding the limit.
+fn rows_sql(filter: &mut Filter<'_>, query: &UsageQuery) -> String {
+    let limit = query
+        .limit
+        .unwrap_or(DEFAULT_USAGE_LIMIT)
+        .min(MAX_USAGE_LIMIT);
+    let limit_placeholder = filter.bind(Arg::Int(i64::from(limit)));
+    format!(
+        "SELECT {} FROM usage_ledger{} ORDER BY ts_ms DESC, request_id DESC LIMIT {}",
+        usage_columns!(),
+        filter.sql,
+        limit_placeholder
+    )
+}
+
+/// Reads a `SELECT_TOTALS` row.
+fn totals_from_row(row: &impl RowExt) -> Result<UsageTotals, sqlx::Error> {
+    Ok(UsageTotals {
+        requests: row.int("requests")?,
+        errors: row.int("errors")?,
+        prompt_tokens: row.int("prompt_tokens")?,
+        completion_tokens: row.int("completion_tokens")?,
+        cost_micros: row.int("cost_micros")?,
+    })
 }
 
 fn usage_from_row(row: &impl RowExt) -> Result<UsageRecord, sqlx::Error> {
