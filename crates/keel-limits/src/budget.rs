@@ -203,8 +203,8 @@ impl Budgets {
 
     /// Spent and in flight for one account, for inspection.
     pub fn account(&self, rule: &str, scope: &str, now_ms: i64) -> Option<(Cost, Cost)> {
-        let mut accounts = self.lock();
         let period = self.rule(rule)?.period;
+        let mut accounts = self.lock();
         let account = accounts.get_mut(&(rule.to_owned(), scope.to_owned()))?;
         account.roll(period, now_ms);
         Some((Cost(account.spent), Cost(account.reserved)))
