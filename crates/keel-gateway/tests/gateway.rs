@@ -91,6 +91,18 @@ fn model(name: &str, deployments: Vec<DeploymentConfig>) -> ModelConfig {
     }
 }
 
+/// Model `m`: deployment `a` serving `faulty_model` first, then `b` on
+/// `backup_provider` serving a healthy model.
+fn primary_and_backup(faulty_model: &str, backup_provider: &str) -> ModelConfig {
+    model(
+        "m",
+        vec![
+            deployment("a", "oa", faulty_model, 0, 1),
+            deployment("b", backup_provider, "y", 1, 1),
+        ],
+    )
+}
+
 fn gateway(sim: &SpawnedSim, models: Vec<ModelConfig>) -> Gateway {
     let config = GatewayConfig {
         providers: vec![
@@ -260,16 +272,7 @@ async fn long_retry_after_is_returned_to_the_client() {
 #[tokio::test]
 async fn rate_limited_primary_fails_over_at_once() {
     let sim = sim(vec![fault(FaultKind::RateLimited, "busy")]).await;
-    let gw = gateway(
-        &sim,
-        vec![model(
-            "m",
-            vec![
-                deployment("a", "oa", "busy-x", 0, 1),
-                deployment("b", "oa", "y", 1, 1),
-            ],
-        )],
-    );
+    let gw = gateway(&sim, vec![primary_and_backup("busy-x", "oa")]);
     let (_, served) = gw.chat(&chat("m", "q", false)).await.unwrap();
     assert_eq!(&*served.deployment, "b");
 }
@@ -277,13 +280,7 @@ async fn rate_limited_primary_fails_over_at_once() {
 #[tokio::test]
 async fn hung_upstream_times_out_and_fails_over() {
     let sim = sim(vec![fault(FaultKind::Hang, "hang")]).await;
-    let mut m = model(
-        "m",
-        vec![
-            deployment("a", "oa", "hang-x", 0, 1),
-            deployment("b", "oa", "y", 1, 1),
-        ],
-    );
+    let mut m = primary_and_backup("hang-x", "oa");
     m.timeouts.first_byte = Duration::from_millis(200);
     let gw = gateway(&sim, vec![m]);
     let (_, served) = gw.chat(&chat("m", "q", false)).await.unwrap();
@@ -294,16 +291,7 @@ async fn hung_upstream_times_out_and_fails_over() {
 #[tokio::test]
 async fn malformed_responses_fail_over() {
     let sim = sim(vec![fault(FaultKind::Malformed, "junk")]).await;
-    let gw = gateway(
-        &sim,
-        vec![model(
-            "m",
-            vec![
-                deployment("a", "oa", "junk-x", 0, 1),
-                deployment("b", "oa", "y", 1, 1),
-            ],
-        )],
-    );
+    let gw = gateway(&sim, vec![primary_and_backup("junk-x", "oa")]);
     let (_, served) = gw.chat(&chat("m", "q", false)).await.unwrap();
     assert_eq!(&*served.deployment, "b");
 }
@@ -330,16 +318,7 @@ async fn malformed_event_mid_stream_ends_it_with_an_error() {
 #[tokio::test]
 async fn stream_failing_before_first_byte_fails_over() {
     let sim = sim(vec![fault(FaultKind::ServerError, "bad")]).await;
-    let gw = gateway(
-        &sim,
-        vec![model(
-            "m",
-            vec![
-                deployment("a", "oa", "bad-x", 0, 1),
-                deployment("b", "an", "y", 1, 1),
-            ],
-        )],
-    );
+    let gw = gateway(&sim, vec![primary_and_backup("bad-x", "an")]);
     let (text, errors, deployment) = stream_text(&gw, &chat("m", "stream me", true)).await;
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(deployment, "b");
