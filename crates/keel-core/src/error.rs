@@ -72,13 +72,16 @@ pub enum ErrorCode {
     UpstreamBadResponse,
     /// The upstream refused the request as invalid (a 4xx other than 429).
     UpstreamRejected,
+    /// The shared limits backend (Redis) is unreachable and a rule that
+    /// fails closed covers the request.
+    LimitsUnavailable,
     /// keel itself failed.
     Internal,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and exhaustive tests.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidJson,
         ErrorCode::InvalidApiKey,
@@ -95,6 +98,7 @@ impl ErrorCode {
         ErrorCode::UpstreamRateLimited,
         ErrorCode::UpstreamBadResponse,
         ErrorCode::UpstreamRejected,
+        ErrorCode::LimitsUnavailable,
         ErrorCode::Internal,
     ];
 
@@ -107,7 +111,7 @@ impl ErrorCode {
             Forbidden | RateLimited | BudgetExceeded => ErrorClass::Policy,
             UpstreamTimeout | UpstreamUnavailable | UpstreamRateLimited | UpstreamBadResponse
             | UpstreamRejected => ErrorClass::Upstream,
-            Internal => ErrorClass::Internal,
+            LimitsUnavailable | Internal => ErrorClass::Internal,
         }
     }
 
@@ -126,7 +130,7 @@ impl ErrorCode {
             RateLimited | UpstreamRateLimited => 429,
             Internal => 500,
             UpstreamBadResponse => 502,
-            UpstreamUnavailable => 503,
+            UpstreamUnavailable | LimitsUnavailable => 503,
             UpstreamTimeout => 504,
         }
     }
@@ -143,7 +147,7 @@ impl ErrorCode {
             BudgetExceeded => "insufficient_quota",
             UpstreamTimeout | UpstreamUnavailable | UpstreamRateLimited | UpstreamBadResponse
             | UpstreamRejected => "upstream_error",
-            Internal => "internal_error",
+            LimitsUnavailable | Internal => "internal_error",
         }
     }
 
@@ -167,6 +171,7 @@ impl ErrorCode {
             UpstreamRateLimited => "upstream_rate_limited",
             UpstreamBadResponse => "upstream_bad_response",
             UpstreamRejected => "upstream_rejected",
+            LimitsUnavailable => "limits_unavailable",
             Internal => "internal_error",
         }
     }
@@ -180,6 +185,7 @@ impl ErrorCode {
                 | ErrorCode::UpstreamUnavailable
                 | ErrorCode::UpstreamRateLimited
                 | ErrorCode::UpstreamBadResponse
+                | ErrorCode::LimitsUnavailable
                 | ErrorCode::Internal
         )
     }

@@ -82,6 +82,16 @@ pub struct Served {
     pub failed_over: bool,
 }
 
+/// What limits need to know of a model alias.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitProfile {
+    /// The dearest input and output prices of any deployment that may serve
+    /// it, fallbacks included.
+    pub worst_pricing: Pricing,
+    /// The upstream model name of its first deployment.
+    pub upstream_model: String,
+}
+
 /// A stream that has produced its first chunk.
 pub struct ChatStream {
     /// Who is serving it.
@@ -161,6 +171,35 @@ impl Gateway {
     /// Whether `model` is a configured alias, and of which kind.
     pub fn model_kind(&self, model: &str) -> Option<ModelKind> {
         self.models.get(model).map(|m| m.config.kind)
+    }
+
+    /// The dearest price among every deployment that could serve `model`
+    /// (its own and its fallbacks'), for worst-case budget holds, and the
+    /// upstream model name of its first deployment (which picks the
+    /// tokenizer). `None` for unknown aliases.
+    pub fn limit_profile(&self, model: &str) -> Option<LimitProfile> {
+        let m = self.models.get(model)?;
+        let chain = std::iter::once(model).chain(m.config.fallbacks.iter().map(String::as_str));
+        let mut worst = Pricing::default();
+        for d in chain
+            .filter_map(|alias| self.models.get(alias))
+            .flat_map(|m| &m.deployments)
+        {
+            worst.input_per_mtok_micros = worst
+                .input_per_mtok_micros
+                .max(d.config.pricing.input_per_mtok_micros);
+            worst.output_per_mtok_micros = worst
+                .output_per_mtok_micros
+                .max(d.config.pricing.output_per_mtok_micros);
+        }
+        Some(LimitProfile {
+            worst_pricing: worst,
+            upstream_model: m
+                .deployments
+                .first()
+                .map(|d| d.config.upstream_model.clone())
+                .unwrap_or_default(),
+        })
     }
 
     /// Every deployment's breaker state.

@@ -18,4 +18,4 @@ pub use config::{
     ProviderKind, RetryPolicy, Timeouts,
 };
 pub use error::{AttemptError, GatewayError};
-pub use gateway::{BuildError, ChatStream, Gateway, Served};
+pub use gateway::{BuildError, ChatStream, Gateway, LimitProfile, Served};

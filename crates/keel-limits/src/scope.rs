@@ -152,6 +152,11 @@ impl Selector {
         Ok(Selector { parts })
     }
 
+    /// Whether every dimension has a fixed value (no `*`), as blocks need.
+    pub fn is_exact(&self) -> bool {
+        self.parts.iter().all(|(_, m)| matches!(m, Match::Is(_)))
+    }
+
     /// The counter key for `attrs`, or `None` when the rule does not apply:
     /// a fixed value differs, or the request lacks a selected dimension.
     pub fn partition(&self, attrs: &Attrs<'_>) -> Option<String> {

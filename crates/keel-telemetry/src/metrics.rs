@@ -78,6 +78,33 @@ pub struct BreakerLabels {
     pub deployment: String,
 }
 
+/// Labels of limit refusals.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// The rule's id (`_blocked` for the kill switch, `_backend` for an
+    /// unreachable Redis).
+    pub rule: String,
+    /// `requests`, `tokens`, `concurrency`, `budget`, `blocked` or
+    /// `unavailable`.
+    pub kind: &'static str,
+}
+
+/// Labels of budget threshold crossings.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ThresholdLabels {
+    /// The budget rule's id.
+    pub rule: String,
+    /// The threshold, in percent of the cap.
+    pub percent: u8,
+}
+
+/// Labels of limit backend failures.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    /// `admit`, `settle` or `extend`.
+    pub operation: &'static str,
+}
+
 /// A breaker state as a gauge value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerStateValue {
@@ -121,6 +148,12 @@ pub struct Families {
     pub in_flight: Gauge,
     /// Usage rows accepted but not yet written.
     pub ledger_pending: Gauge,
+    /// Requests refused by a limit, budget or block.
+    pub limit_refusals: Family<LimitLabels, Counter>,
+    /// Budget soft thresholds crossed.
+    pub budget_thresholds: Family<ThresholdLabels, Counter>,
+    /// Calls to the shared limits backend (Redis) that failed or timed out.
+    pub limits_backend_errors: Family<BackendLabels, Counter>,
 }
 
 /// A request being served; dropping it takes it off the in-flight gauge.
@@ -165,6 +198,9 @@ impl Metrics {
             breaker_trips: Family::default(),
             in_flight: Gauge::default(),
             ledger_pending: Gauge::default(),
+            limit_refusals: Family::default(),
+            budget_thresholds: Family::default(),
+            limits_backend_errors: Family::default(),
         };
         let r = &mut registry;
         r.register(
@@ -226,6 +262,21 @@ impl Metrics {
             "ledger_pending_rows",
             "Usage rows not yet written",
             m.ledger_pending.clone(),
+        );
+        r.register(
+            "limit_refusals",
+            "Requests refused by a rate limit, budget or block",
+            m.limit_refusals.clone(),
+        );
+        r.register(
+            "budget_threshold_crossings",
+            "Budget soft thresholds crossed",
+            m.budget_thresholds.clone(),
+        );
+        r.register(
+            "limits_backend_errors",
+            "Failed or timed-out calls to the shared limits backend",
+            m.limits_backend_errors.clone(),
         );
         Metrics(Arc::new(Families { registry, ..m }))
     }
