@@ -28,6 +28,12 @@ impl Cost {
         self.0 as f64 / 1_000_000.0
     }
 
+    /// The amount in dollars as an exact decimal with six places
+    /// (`"0.001234"`), for JSON and tables where a float could round.
+    pub fn dollars_exact(self) -> String {
+        format!("{}.{:06}", self.0 / 1_000_000, self.0 % 1_000_000)
+    }
+
     /// Adds two costs, saturating instead of wrapping.
     pub fn saturating_add(self, other: Cost) -> Cost {
         Cost(self.0.saturating_add(other.0))
@@ -90,6 +96,13 @@ mod tests {
         let p = Pricing::from_dollars_per_mtok(0.15, 0.0).unwrap();
         assert_eq!(p.cost(1, 0), Cost(1));
         assert_eq!(p.cost(0, 0), Cost::ZERO);
+    }
+
+    #[test]
+    fn formats_dollars_exactly() {
+        assert_eq!(Cost(1_234).dollars_exact(), "0.001234");
+        assert_eq!(Cost(12_000_001).dollars_exact(), "12.000001");
+        assert_eq!(Cost(u64::MAX).dollars_exact(), "18446744073709.551615");
     }
 
     #[test]

@@ -96,6 +96,28 @@ pub enum StoreError {
     #[error("api key secret is empty: set a non-empty secret")]
     EmptySecret,
 
+    /// A name given for a closed set of choices (a trend bucket or
+    /// grouping) is not one of them.
+    #[error("unknown {what} {given:?}: use one of {accepted}")]
+    UnknownChoice {
+        /// What was being named (`bucket`, `group`).
+        what: &'static str,
+        /// The name given.
+        given: String,
+        /// The accepted names, comma-separated.
+        accepted: &'static str,
+    },
+
+    /// A usage trend would have more rows than one answer may hold.
+    #[error(
+        "the usage trend has more than {max_rows} rows: narrow the time range, use a wider \
+         bucket or filter to fewer groups"
+    )]
+    TrendTooLarge {
+        /// The most rows a trend may have.
+        max_rows: usize,
+    },
+
     /// The database refused or failed an operation.
     #[error("database error while trying to {op}: {source}")]
     Database {

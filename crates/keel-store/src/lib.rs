@@ -2,9 +2,9 @@
 //! and PostgreSQL (shared by scale-out replicas).
 //!
 //! [`Store`] owns a connection pool and the schema ([`Store::migrate`]) and
-//! offers tenants and users, API keys, and the usage ledger. The gateway
-//! writes the ledger through a [`Ledger`], a bounded batching writer, so a
-//! request never waits on the database. Later capabilities (runs, traces)
+//! offers tenants and users, API keys, the usage ledger and its trends. The
+//! gateway writes the ledger through a [`Ledger`], a bounded batching writer,
+//! so a request never waits on the database. Later capabilities (runs, traces)
 //! add a module each, with SQL written once per dialect only where the
 //! dialects differ.
 
@@ -12,13 +12,19 @@ mod backend;
 mod error;
 mod keys;
 mod ledger;
+mod limits;
 mod migrate;
 mod tenants;
+mod trend;
 mod usage;
 
 pub use backend::{Backend, Store};
 pub use error::StoreError;
 pub use keys::{ApiKey, CreatedKey, NewKey, generate_secret, hash_key};
 pub use ledger::{Ledger, LedgerClosed, LedgerConfig, LedgerTask};
+pub use limits::{StoredBlock, StoredRule};
 pub use tenants::{Tenant, User};
+pub use trend::{
+    Bucket, Dimension, MAX_TREND_ROWS, TrendQuery, TrendRow, WeekOverWeek, change_ratio,
+};
 pub use usage::{DEFAULT_USAGE_LIMIT, MAX_USAGE_LIMIT, UsageQuery, UsageRecord, UsageTotals};

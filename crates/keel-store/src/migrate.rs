@@ -25,12 +25,20 @@ struct Migration {
 }
 
 /// Every migration, oldest first. Append only: never edit one that shipped.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sqlite: include_str!("../migrations/sqlite/0001_init.sql"),
-    postgres: include_str!("../migrations/postgres/0001_init.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sqlite: include_str!("../migrations/sqlite/0001_init.sql"),
+        postgres: include_str!("../migrations/postgres/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "limits",
+        sqlite: include_str!("../migrations/sqlite/0002_limits.sql"),
+        postgres: include_str!("../migrations/postgres/0002_limits.sql"),
+    },
+];
 
 /// The bookkeeping table; the same SQL serves both dialects.
 const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS keel_migrations (

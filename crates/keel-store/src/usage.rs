@@ -107,6 +107,13 @@ pub struct UsageTotals {
     pub cost_micros: i64,
 }
 
+impl UsageTotals {
+    /// Prompt and completion tokens together.
+    pub fn total_tokens(&self) -> i64 {
+        self.prompt_tokens.saturating_add(self.completion_tokens)
+    }
+}
+
 macro_rules! usage_columns {
     () => {
         "request_id, ts_ms, tenant_id, user_id, key_id, session, workflow, model, deployment, \
@@ -124,12 +131,20 @@ const USAGE_COLUMNS: usize = 21;
 const ROWS_PER_STATEMENT: usize = 999 / USAGE_COLUMNS;
 const _: () = assert!(ROWS_PER_STATEMENT * USAGE_COLUMNS <= 999);
 
-const SELECT_TOTALS: &str = "SELECT COUNT(*) AS requests, \
-     CAST(COALESCE(SUM(CASE WHEN status >= 400 OR error_code IS NOT NULL THEN 1 ELSE 0 END), 0) AS BIGINT) AS errors, \
-     CAST(COALESCE(SUM(prompt_tokens), 0) AS BIGINT) AS prompt_tokens, \
-     CAST(COALESCE(SUM(completion_tokens), 0) AS BIGINT) AS completion_tokens, \
-     CAST(COALESCE(SUM(cost_micros), 0) AS BIGINT) AS cost_micros \
-     FROM usage_ledger";
+/// The aggregate columns [`totals_from_row`] reads. PostgreSQL sums BIGINT
+/// into NUMERIC, hence the casts back.
+macro_rules! usage_sums {
+    () => {
+        "COUNT(*) AS requests, \
+         CAST(COALESCE(SUM(CASE WHEN status >= 400 OR error_code IS NOT NULL THEN 1 ELSE 0 END), 0) AS BIGINT) AS errors, \
+         CAST(COALESCE(SUM(prompt_tokens), 0) AS BIGINT) AS prompt_tokens, \
+         CAST(COALESCE(SUM(completion_tokens), 0) AS BIGINT) AS completion_tokens, \
+         CAST(COALESCE(SUM(cost_micros), 0) AS BIGINT) AS cost_micros"
+    };
+}
+pub(crate) use usage_sums;
+
+const SELECT_TOTALS: &str = concat!("SELECT ", usage_sums!(), " FROM usage_ledger");
 
 impl Store {
     /// Writes ledger rows in one transaction. Rows whose `request_id` is
@@ -335,7 +350,7 @@ fn insert_sql(rows: usize, backend: Backend) -> String {
 
 /// A value bound to a filter placeholder.
 #[derive(Debug, Clone, Copy)]
-enum Arg<'a> {
+pub(crate) enum Arg<'a> {
     Text(&'a str),
     Int(i64),
 }
@@ -343,13 +358,15 @@ enum Arg<'a> {
 /// A `WHERE` clause built from a [`UsageQuery`]: column names and numbered
 /// placeholders only, with the values kept aside for binding.
 #[derive(Debug, Default)]
-struct Filter<'a> {
-    sql: String,
-    args: Vec<Arg<'a>>,
+pub(crate) struct Filter<'a> {
+    /// The clause, empty or starting with ` WHERE `.
+    pub(crate) sql: String,
+    /// The values for its placeholders, in placeholder order.
+    pub(crate) args: Vec<Arg<'a>>,
 }
 
 impl<'a> Filter<'a> {
-    fn new(query: &'a UsageQuery) -> Self {
+    pub(crate) fn new(query: &'a UsageQuery) -> Self {
         let mut filter = Filter::default();
         let equals = [
             ("tenant_id", &query.tenant_id),
@@ -387,7 +404,7 @@ impl<'a> Filter<'a> {
     }
 
     /// Records a value and returns its placeholder (`$N`).
-    fn bind(&mut self, arg: Arg<'a>) -> String {
+    pub(crate) fn bind(&mut self, arg: Arg<'a>) -> String {
         self.args.push(arg);
         format!("${}", self.args.len())
     }
@@ -407,7 +424,7 @@ macro_rules! bind_args {
         query
     }};
 }
-use bind_args;
+pub(crate) use bind_args;
 
 /// `SELECT … ORDER BY … LIMIT $n` for the filter, binding the limit.
 fn rows_sql(filter: &mut Filter<'_>, query: &UsageQuery) -> String {
@@ -424,8 +441,8 @@ fn rows_sql(filter: &mut Filter<'_>, query: &UsageQuery) -> String {
     )
 }
 
-/// Reads a `SELECT_TOTALS` row.
-fn totals_from_row(row: &impl RowExt) -> Result<UsageTotals, sqlx::Error> {
+/// Reads the [`usage_sums`] columns of a row (totals or a trend row).
+pub(crate) fn totals_from_row(row: &impl RowExt) -> Result<UsageTotals, sqlx::Error> {
     Ok(UsageTotals {
         requests: row.int("requests")?,
         errors: row.int("errors")?,

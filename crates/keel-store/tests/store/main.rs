@@ -7,6 +7,8 @@ mod support;
 mod connect;
 mod keys;
 mod ledger;
+mod limits;
 mod migrations;
 mod tenants;
 mod usage;
+mod usage_trend;
