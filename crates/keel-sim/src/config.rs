@@ -41,6 +41,11 @@ pub struct SimConfig {
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_COMPLETION_TOKENS)))]
     pub completion_tokens: u32,
 
+    /// Answer with `completion_tokens` whatever the request's `max_tokens`
+    /// says, as a misbehaving upstream would (to test hard caps on streams).
+    #[arg(long)]
+    pub ignore_max_tokens: bool,
+
     /// Embedding size when a request does not ask for `dimensions`.
     #[arg(long, default_value_t = 384)]
     pub embedding_dim: usize,
@@ -63,6 +68,7 @@ impl Default for SimConfig {
             ttft_ms: 0,
             tokens_per_sec: 0.0,
             completion_tokens: 16,
+            ignore_max_tokens: false,
             embedding_dim: 384,
             faults: Vec::new(),
             seed: 0,
@@ -111,6 +117,7 @@ impl SimConfig {
             ttft_ms: update.ttft_ms.unwrap_or(self.ttft_ms),
             tokens_per_sec: update.tokens_per_sec.unwrap_or(self.tokens_per_sec),
             completion_tokens: update.completion_tokens.unwrap_or(self.completion_tokens),
+            ignore_max_tokens: update.ignore_max_tokens.unwrap_or(self.ignore_max_tokens),
             embedding_dim: update.embedding_dim.unwrap_or(self.embedding_dim),
             faults: update.faults.unwrap_or_else(|| self.faults.clone()),
             seed: update.seed.unwrap_or(self.seed),
@@ -137,6 +144,8 @@ pub struct ConfigUpdate {
     pub tokens_per_sec: Option<f64>,
     /// New answer length in tokens.
     pub completion_tokens: Option<u32>,
+    /// Whether to ignore requests' `max_tokens`.
+    pub ignore_max_tokens: Option<bool>,
     /// New default embedding size.
     pub embedding_dim: Option<usize>,
     /// New fault rules, replacing all current ones.

@@ -107,8 +107,12 @@ pub(crate) async fn chat_completions(State(sim): State<Sim>, body: Bytes) -> Res
         Err(response) => return response,
     };
 
-    let (tokens, capped) =
-        reply::completion_budget(turn.config.completion_tokens, request.max_tokens);
+    let (tokens, capped) = reply::completion_budget(
+        turn.config.completion_tokens,
+        request
+            .max_tokens
+            .filter(|_| !turn.config.ignore_max_tokens),
+    );
     let answer = Answer {
         id: format!("chatcmpl-sim-{:016x}", turn.sequence),
         created: reply::unix_now(),
