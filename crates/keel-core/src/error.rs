@@ -108,10 +108,10 @@ impl ErrorCode {
         match self {
             InvalidRequest | InvalidJson | InvalidApiKey | NotFound | ModelNotFound | Conflict
             | PayloadTooLarge | UnsupportedMediaType => ErrorClass::Caller,
-            Forbidden | RateLimited | BudgetExceeded => ErrorClass::Policy,
+            Forbidden | RateLimited | BudgetExceeded | LimitsUnavailable => ErrorClass::Policy,
             UpstreamTimeout | UpstreamUnavailable | UpstreamRateLimited | UpstreamBadResponse
             | UpstreamRejected => ErrorClass::Upstream,
-            LimitsUnavailable | Internal => ErrorClass::Internal,
+            Internal => ErrorClass::Internal,
         }
     }
 

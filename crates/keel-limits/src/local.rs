@@ -56,9 +56,38 @@ impl Account {
 
 #[derive(Debug, Default)]
 struct State {
-    rates: HashMap<Key, GcraState>,
+    rates: HashMap<Key, Rate>,
     in_flight: HashMap<Key, u32>,
     accounts: HashMap<Key, Account>,
+}
+
+/// A rate account: its GCRA state and the emission interval it was
+/// computed with, so a changed limit rescales what was used instead of
+/// misreading it.
+#[derive(Debug, Clone, Copy)]
+struct Rate {
+    gcra: GcraState,
+    emission: Duration,
+}
+
+impl Rate {
+    /// The state under `rate`: time already booked is converted from the
+    /// old emission interval to the new one, so the requests (or tokens)
+    /// used so far still count, no more and no less.
+    fn under(self, rate: &RateLimit, now: Instant) -> GcraState {
+        if self.emission == rate.emission_interval || self.emission.is_zero() {
+            return self.gcra;
+        }
+        let booked = self
+            .gcra
+            .tat
+            .and_then(|tat| tat.checked_duration_since(now))
+            .unwrap_or_default();
+        let scale = rate.emission_interval.as_secs_f64() / self.emission.as_secs_f64();
+        GcraState {
+            tat: Some(now + booked.mul_f64(scale)),
+        }
+    }
 }
 
 /// In-process limits.
@@ -69,7 +98,7 @@ pub(crate) struct Local {
 
 /// A change decided in the check phase, applied in the commit phase.
 enum Change {
-    Rate(GcraState),
+    Rate(Rate),
     Enter,
     Hold,
 }
@@ -140,8 +169,13 @@ impl Local {
                         retry_after,
                     };
                     let cost32 = u32::try_from(cost).map_err(|_| refuse(None))?;
-                    let mut gcra = state.rates.get(&key).copied().unwrap_or_default();
-                    match gcra.check_and_modify_at(&rate_limit(limit, per), now, cost32) {
+                    let rate = rate_limit(limit, per);
+                    let mut gcra = state
+                        .rates
+                        .get(&key)
+                        .map(|r| r.under(&rate, now))
+                        .unwrap_or_default();
+                    match gcra.check_and_modify_at(&rate, now, cost32) {
                         Ok(()) => {}
                         Err(GcraError::DeniedUntil { next_allowed_at }) => {
                             return Err(refuse(Some(
@@ -151,7 +185,10 @@ impl Local {
                         Err(GcraError::DeniedIndefinitely { .. }) => return Err(refuse(None)),
                     }
                     quotas.merge(kind, quota(&gcra, limit, per, now));
-                    Change::Rate(gcra)
+                    Change::Rate(Rate {
+                        gcra,
+                        emission: rate.emission_interval,
+                    })
                 }
                 Limit::Concurrency { limit } => {
                     let n = state.in_flight.get(&key).copied().unwrap_or(0);
@@ -191,8 +228,8 @@ impl Local {
         for (hit, change) in hits.iter().zip(changes) {
             let key = hit.key();
             match change {
-                Change::Rate(gcra) => {
-                    state.rates.insert(key, gcra);
+                Change::Rate(rate) => {
+                    state.rates.insert(key, rate);
                 }
                 Change::Enter => *state.in_flight.entry(key).or_default() += 1,
                 Change::Hold => {
@@ -258,10 +295,13 @@ impl Local {
             match &hit.rule.limit {
                 Limit::Requests { .. } => {}
                 Limit::Tokens { limit, per } => {
-                    let Some(gcra) = state.rates.get_mut(&key) else {
+                    let rate = rate_limit(*limit, *per);
+                    let Some(entry) = state.rates.get_mut(&key) else {
                         continue;
                     };
-                    let rate = rate_limit(*limit, *per);
+                    entry.gcra = entry.under(&rate, now);
+                    entry.emission = rate.emission_interval;
+                    let gcra = &mut entry.gcra;
                     if used.tokens < held.tokens {
                         let refund = u32::try_from(held.tokens - used.tokens).unwrap_or(u32::MAX);
                         // `revert_at` never fails; it returns a Result for
@@ -317,7 +357,7 @@ impl Local {
         let before = state.rates.len() + state.accounts.len();
         state
             .rates
-            .retain(|_, g| g.tat.is_some_and(|tat| tat > now));
+            .retain(|_, r| r.gcra.tat.is_some_and(|tat| tat > now));
         state
             .accounts
             .retain(|_, a| a.reserved > 0 || a.period.window_start(now_ms) == a.window_start_ms);

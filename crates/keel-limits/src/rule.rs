@@ -58,7 +58,9 @@ impl FailMode {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSpec {
-    /// A stable name: 1 to 64 letters, digits, `-`, `_` or `.`.
+    /// A stable name: 1 to 64 letters, digits, `-`, `_` or `.` (taken from
+    /// the path when the admin API's PUT leaves it out).
+    #[serde(default)]
     pub id: String,
     /// Which requests it covers (`tenant=acme,user=*`).
     pub scope: String,

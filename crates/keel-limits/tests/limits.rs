@@ -163,7 +163,23 @@ on_both_backends!(
     racing_requests_never_overspend,
     streams_extend_their_hold_or_stop,
     dropped_admissions_release_their_holds,
+    changed_limits_keep_what_was_used,
 );
+
+async fn changed_limits_keep_what_was_used(h: Harness) {
+    h.rules(&[r#"{"id":"r","scope":"tenant=acme","requests":1,"per":"1h"}"#]);
+    let a = user("acme", "alice");
+    drop(h.admit(&a, 1, 0).await.unwrap());
+    assert!(h.admit(&a, 1, 0).await.is_err());
+    // Raised to three an hour: the request already made is one of them.
+    h.rules(&[r#"{"id":"r","scope":"tenant=acme","requests":3,"per":"1h"}"#]);
+    drop(h.admit(&a, 1, 0).await.unwrap());
+    drop(h.admit(&a, 1, 0).await.unwrap());
+    assert!(h.admit(&a, 1, 0).await.is_err());
+    // Lowered to two: three were made, so none is left.
+    h.rules(&[r#"{"id":"r","scope":"tenant=acme","requests":2,"per":"1h"}"#]);
+    assert!(h.admit(&a, 1, 0).await.is_err());
+}
 
 async fn request_rates_refill(h: Harness) {
     h.rules(&[r#"{"id":"rpm","scope":"tenant=acme,user=*","requests":10,"per":"1m"}"#]);

@@ -7,6 +7,20 @@
 -- Returns {1, remaining_1, reset_ms_1, ...} when admitted, or
 -- {0, rule_index, a, b} when refused (r/t: retry_ms or -1 for never;
 -- b: spent, reserved).
+-- A rate's stored value is "tat|emission_ms". When a rule's limit changed,
+-- the time already booked is rescaled to the new emission interval, so what
+-- was used still counts, no more and no less.
+local function booked(stored, emission, now)
+  if not stored then return now end
+  local sep = string.find(stored, '|', 1, true)
+  if not sep then return math.max(tonumber(stored) or now, now) end
+  local tat = tonumber(string.sub(stored, 1, sep - 1))
+  local old = tonumber(string.sub(stored, sep + 1))
+  if tat <= now then return now end
+  if old > 0 and old ~= emission then return now + (tat - now) * emission / old end
+  return tat
+end
+
 local now = tonumber(ARGV[1])
 local member = ARGV[2]
 local lease = tonumber(ARGV[3])
@@ -14,6 +28,7 @@ local tokens = tonumber(ARGV[4])
 local cost = tonumber(ARGV[5])
 local n = #KEYS / 2
 local plan = {}
+local emissions = {}
 local out = {1}
 
 for i = 1, n do
@@ -28,13 +43,12 @@ for i = 1, n do
     local emission = period / limit
     local inc = emission * want
     if inc > period then return {0, i, -1, 0} end
-    local stored = redis.call('GET', k1)
-    local tat = now
-    if stored then tat = math.max(tonumber(stored), now) end
+    local tat = booked(redis.call('GET', k1), emission, now)
     local new_tat = tat + inc
     local allow_at = new_tat - period
     if allow_at > now then return {0, i, math.ceil(allow_at - now), 0} end
     plan[i] = new_tat
+    emissions[i] = emission
     out[#out + 1] = math.floor((period - (new_tat - now)) / emission + 1e-9)
     out[#out + 1] = math.ceil(new_tat - now)
   elseif kind == 'c' then
@@ -67,7 +81,7 @@ for i = 1, n do
   local base = 5 + 4 * (i - 1)
   local kind = ARGV[base + 1]
   if kind == 'r' or kind == 't' then
-    redis.call('SET', k1, string.format('%.3f', plan[i]), 'PX', math.ceil(plan[i] - now) + 1000)
+    redis.call('SET', k1, string.format('%.3f|%.9f', plan[i], emissions[i]), 'PX', math.ceil(plan[i] - now) + 1000)
   elseif kind == 'c' then
     redis.call('ZADD', k1, now + lease, member)
     redis.call('PEXPIRE', k1, lease + 1000)
