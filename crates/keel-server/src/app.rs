@@ -11,11 +11,13 @@ use std::time::Duration;
 
 use keel_core::TenantId;
 use keel_gateway::{Gateway, GatewayConfig};
+use keel_limits::Limits;
 use keel_store::{Ledger, LedgerConfig, LedgerTask, NewKey, Store};
 use keel_telemetry::Metrics;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::limiting::{LimitsSetup, RequestLimits};
 use crate::{AppState, KeyTable, ServerSettings};
 
 /// Everything needed to start keel.
@@ -35,6 +37,8 @@ pub struct AppConfig {
     pub keys: Vec<(NewKey, String)>,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
+    /// Rate limits and budgets.
+    pub limits: LimitsSetup,
 }
 
 /// Why keel could not start.
@@ -46,6 +50,9 @@ pub enum StartError {
     /// The gateway could not be built.
     #[error("gateway: {0}")]
     Gateway(#[from] keel_gateway::BuildError),
+    /// The limits could not be set up.
+    #[error("limits: {0}")]
+    Limits(#[from] keel_limits::LimitsError),
     /// The listener's address could not be read.
     #[error("listener: {0}")]
     Listener(#[from] std::io::Error),
@@ -80,6 +87,14 @@ impl App {
 
         let metrics = Metrics::new();
         let gateway = Gateway::new(config.gateway, metrics.clone())?;
+        let limits = Limits::new(config.limits.config, metrics.clone())?;
+        crate::limiting::reload(&store, &limits).await?;
+        let limits = RequestLimits::new(
+            limits,
+            &gateway,
+            &config.limits.tokenizers,
+            config.limits.default_max_tokens,
+        );
         let (ledger, ledger_task) = Ledger::spawn(store.clone(), config.ledger);
         let keys = KeyTable::default();
         let loaded = keys.reload(&store).await?;
@@ -89,6 +104,7 @@ impl App {
             store,
             ledger,
             metrics,
+            limits,
             settings: Arc::new(config.server),
         };
 

@@ -24,6 +24,8 @@ pub struct ApiError {
     pub param: Option<String>,
     /// When the client may retry.
     pub retry_after: Option<Duration>,
+    /// Extra response headers (`x-ratelimit-*` on limit refusals).
+    pub headers: Vec<(http::HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
@@ -34,6 +36,7 @@ impl ApiError {
             message: message.into(),
             param: None,
             retry_after: None,
+            headers: Vec::new(),
         }
     }
 
@@ -68,6 +71,7 @@ impl From<RequestError> for ApiError {
             message: e.message,
             param: e.param,
             retry_after: None,
+            headers: Vec::new(),
         }
     }
 }
@@ -79,6 +83,7 @@ impl From<GatewayError> for ApiError {
             message: e.message,
             param: e.param,
             retry_after: e.retry_after,
+            headers: Vec::new(),
         }
     }
 }
@@ -97,6 +102,10 @@ impl IntoResponse for ApiError {
         let status = StatusCode::from_u16(self.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = (status, Json(self.body())).into_response();
+        let headers = response.headers_mut();
+        for (name, value) in self.headers {
+            headers.insert(name, value);
+        }
         if let Some(wait) = self.retry_after {
             // Whole seconds, rounded up: a client that waits exactly this
             // long must not arrive early.

@@ -11,6 +11,7 @@ pub mod app;
 pub mod auth;
 mod body;
 pub mod error;
+pub mod limiting;
 mod relay;
 pub mod routes;
 pub mod state;
@@ -20,7 +21,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use keel_core::ErrorCode;
 
 pub use app::{App, AppConfig, StartError};
@@ -50,6 +51,21 @@ pub fn router(state: AppState) -> Router {
             post(routes::admin::reset_breaker),
         )
         .route("/usage", get(routes::admin::usage))
+        .route(
+            "/limits/rules",
+            get(routes::limits::rules).post(routes::limits::create_rule),
+        )
+        .route(
+            "/limits/rules/{id}",
+            put(routes::limits::put_rule).delete(routes::limits::delete_rule),
+        )
+        .route("/limits/accounts", get(routes::limits::account))
+        .route("/limits/events", get(routes::limits::events))
+        .route(
+            "/blocks",
+            get(routes::limits::blocks).post(routes::limits::create_block),
+        )
+        .route("/blocks/{scope}", delete(routes::limits::delete_block))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             routes::admin::require_admin,
@@ -59,6 +75,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(routes::chat::chat_completions))
         .route("/v1/embeddings", post(routes::embeddings::embeddings))
         .route("/v1/models", get(routes::models::list))
+        .route("/v1/usage", get(routes::usage::trend))
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(routes::health::metrics))
@@ -88,11 +105,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let refresher = tokio::spawn(refresh_keys(state.clone()));
+    let limits_refresher = tokio::spawn(refresh_limits(state.clone()));
     let app = router(state);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
     refresher.abort();
+    limits_refresher.abort();
     result
 }
 
@@ -105,6 +124,26 @@ async fn refresh_keys(state: AppState) {
         tick.tick().await;
         if let Err(e) = state.keys.reload(&state.store).await {
             tracing::warn!(error = %e, "Key table refresh failed; keeping the current keys");
+        }
+    }
+}
+
+/// Rereads the admin API's rules and blocks every second, so a rule or a
+/// kill switch set through any replica holds everywhere at once, and sweeps
+/// idle in-process counters every half minute.
+async fn refresh_limits(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
+    loop {
+        tick.tick().await;
+        ticks += 1;
+        if let Err(e) = limiting::reload(&state.store, &state.limits.limits).await {
+            tracing::warn!(error = %e, "Limit rules refresh failed; keeping the current rules");
+        }
+        if ticks.is_multiple_of(30) {
+            let swept = state.limits.limits.sweep();
+            tracing::debug!(swept, "Swept idle limit counters");
         }
     }
 }

@@ -6,6 +6,11 @@
 //! after bytes went out gets an error event and no `[DONE]`, so a client can
 //! never mistake a cut answer for a whole one. The ledger row is written
 //! when the stream ends, fails, or the client goes away.
+//!
+//! When a budget covers the stream, its running cost (completion tokens
+//! counted as they arrive, at the serving deployment's price) is kept within
+//! its hold: a stream about to pass it asks for more, and if a budget cannot
+//! give it, the stream is stopped with a `budget_exceeded` error event.
 
 use std::convert::Infallible;
 
@@ -13,12 +18,14 @@ use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
 use futures::StreamExt;
-use keel_core::ErrorCode;
 use keel_core::chat::{ChatChunk, ChatRequest};
+use keel_core::{Cost, ErrorCode};
 use keel_gateway::{ChatStream, Served};
+use keel_limits::{Admission, Refusal, Tokenizer};
 use tokio::time::Instant;
 
 use crate::accounting::{Outcome, RequestContext};
+use crate::limiting::{self, ModelLimits};
 use crate::routes::chat::estimate_usage;
 use crate::state::AppState;
 
@@ -31,6 +38,7 @@ pub fn sse_response(
     ctx: RequestContext,
     request: ChatRequest,
     stream: ChatStream,
+    limited: Option<(Admission, ModelLimits)>,
 ) -> Response {
     let include_usage = request
         .stream_options
@@ -38,20 +46,28 @@ pub fn sse_response(
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
     let ChatStream { served, mut chunks } = stream;
-    let mut tally = Tally::new(state, ctx, request, served);
+    let mut tally = Tally::new(state, ctx, request, served, limited);
 
     let body = async_stream::stream! {
         while let Some(item) = chunks.next().await {
             match item {
                 Ok(mut chunk) => {
                     tally.observe(&chunk);
-                    if !include_usage {
-                        if chunk.choices.is_empty() && chunk.usage.is_some() {
-                            continue;
+                    let send = include_usage || !(chunk.choices.is_empty() && chunk.usage.is_some());
+                    if send {
+                        if !include_usage {
+                            chunk.usage = None;
                         }
-                        chunk.usage = None;
+                        yield Ok::<Bytes, Infallible>(encode(&chunk));
                     }
-                    yield Ok::<Bytes, Infallible>(encode(&chunk));
+                    if let Err(refusal) = tally.keep_within_hold().await {
+                        let code = refusal.code();
+                        let body = keel_core::ErrorBody::new(code, refusal.to_string(), None);
+                        let json = serde_json::to_string(&body).unwrap_or_default();
+                        yield Ok(Bytes::from(format!("data: {json}\n\n")));
+                        tally.finish(Some(code)).await;
+                        return;
+                    }
                 }
                 Err(e) => {
                     let body = keel_core::ErrorBody::new(e.code, e.message.clone(), None);
@@ -95,10 +111,39 @@ struct Tally {
     usage: Option<(u64, u64)>,
     ttft: Option<std::time::Duration>,
     finished: bool,
+    limit: Option<StreamLimit>,
 }
 
+/// A limited stream's admission and running token count.
+struct StreamLimit {
+    admission: Option<Admission>,
+    tokenizer: Tokenizer,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    /// The most tokens one chunk has carried: what the hold must still
+    /// cover before the next chunk arrives.
+    largest_chunk: u64,
+}
+
+/// Completion tokens a stream's hold grows by beyond what it already used,
+/// each time it runs out.
+const EXTEND_STEP_TOKENS: u64 = 64;
+
 impl Tally {
-    fn new(state: AppState, ctx: RequestContext, request: ChatRequest, served: Served) -> Tally {
+    fn new(
+        state: AppState,
+        ctx: RequestContext,
+        request: ChatRequest,
+        served: Served,
+        limited: Option<(Admission, ModelLimits)>,
+    ) -> Tally {
+        let limit = limited.map(|(admission, model)| StreamLimit {
+            prompt_tokens: model.tokenizer.count_chat(&request),
+            admission: Some(admission),
+            tokenizer: model.tokenizer,
+            completion_tokens: 0,
+            largest_chunk: 1,
+        });
         Tally {
             state,
             ctx,
@@ -108,6 +153,7 @@ impl Tally {
             usage: None,
             ttft: None,
             finished: false,
+            limit,
         }
     }
 
@@ -115,19 +161,79 @@ impl Tally {
         if let Some(u) = &chunk.usage {
             self.usage = Some((u.prompt_tokens, u.completion_tokens));
         }
+        let mut tokens = 0;
         for choice in &chunk.choices {
             if let Some(content) = &choice.delta.content {
                 if self.ttft.is_none() && !content.is_empty() {
                     self.ttft = Some(self.ctx.started.elapsed());
                 }
                 self.text.push_str(content);
+                if let Some(limit) = &self.limit {
+                    tokens += limit.tokenizer.count(content);
+                }
             }
+            if let (Some(calls), Some(limit)) = (&choice.delta.tool_calls, &self.limit) {
+                for call in calls {
+                    tokens += limit.tokenizer.count(&call.to_string());
+                }
+            }
+        }
+        if let Some(limit) = &mut self.limit {
+            limit.completion_tokens += tokens;
+            limit.largest_chunk = limit.largest_chunk.max(tokens);
+        }
+    }
+
+    /// Keeps the stream's budget hold ahead of its running cost by the
+    /// largest chunk seen, growing it as needed, or says which budget cannot
+    /// cover the next chunk — the stream then stops before it arrives.
+    async fn keep_within_hold(&mut self) -> Result<(), Refusal> {
+        let Some(limit) = &mut self.limit else {
+            return Ok(());
+        };
+        let Some(admission) = &mut limit.admission else {
+            return Ok(());
+        };
+        if !admission.has_budget() {
+            return Ok(());
+        }
+        let pricing = self.served.pricing;
+        let ahead = limit.completion_tokens + limit.largest_chunk;
+        let running = pricing.cost(limit.prompt_tokens, ahead);
+        let held = admission.held().cost;
+        if running <= held {
+            return Ok(());
+        }
+        // Ask for a step beyond what is needed now, so a long stream does
+        // not extend on every chunk; near the cap, ask for just what is
+        // needed.
+        let needed = running.micros() - held.micros();
+        let step = pricing.cost(0, EXTEND_STEP_TOKENS).micros();
+        match admission.extend(Cost(needed + step)).await {
+            Ok(()) => Ok(()),
+            Err(_) if step > 0 => admission.extend(Cost(needed)).await,
+            Err(refusal) => Err(refusal),
+        }
+    }
+
+    /// Settles the admission with what the stream used.
+    async fn settle(&mut self, outcome: &Outcome, cost: Cost) {
+        if let Some(admission) = self.limit.as_mut().and_then(|l| l.admission.take()) {
+            let tokens = outcome.prompt_tokens + outcome.completion_tokens;
+            limiting::settle(&self.state, admission, tokens, cost).await;
         }
     }
 
     fn outcome(&self, error: Option<ErrorCode>, status: u16) -> Outcome {
+        // Without the upstream's count (a stream that was cut or failed),
+        // the model's tokenizer counts better than an estimate.
+        let counted = self
+            .limit
+            .as_ref()
+            .map(|l| (l.prompt_tokens, l.completion_tokens));
         let (prompt_tokens, completion_tokens) = self
             .usage
+            .or(counted)
             .unwrap_or_else(|| estimate_usage(&self.request, &self.text));
         Outcome {
             model: self.request.model.clone(),
@@ -144,7 +250,8 @@ impl Tally {
     async fn finish(&mut self, error: Option<ErrorCode>) {
         self.finished = true;
         let outcome = self.outcome(error, 200);
-        self.ctx.finish(&self.state, outcome).await;
+        let (cost, _) = self.ctx.finish(&self.state, outcome.clone()).await;
+        self.settle(&outcome, cost).await;
     }
 }
 
@@ -157,9 +264,14 @@ impl Drop for Tally {
         // still paid for, so it is still recorded.
         let outcome = self.outcome(None, CLIENT_CLOSED);
         let (state, ctx) = (self.state.clone(), self.ctx.clone());
+        let admission = self.limit.as_mut().and_then(|l| l.admission.take());
         let started = Instant::now();
         tokio::spawn(async move {
-            ctx.finish(&state, outcome).await;
+            let (cost, _) = ctx.finish(&state, outcome.clone()).await;
+            if let Some(admission) = admission {
+                let tokens = outcome.prompt_tokens + outcome.completion_tokens;
+                limiting::settle(&state, admission, tokens, cost).await;
+            }
             tracing::debug!(request_id = %ctx.request_id, waited_us = started.elapsed().as_micros() as u64, "Recorded abandoned stream");
         });
     }

@@ -1,5 +1,5 @@
 //! What every handler shares: the gateway, the key table, the store, the
-//! usage ledger, metrics and server settings.
+//! usage ledger, metrics, limits and server settings.
 
 use std::sync::Arc;
 
@@ -8,6 +8,7 @@ use keel_store::{Ledger, Store};
 use keel_telemetry::Metrics;
 
 use crate::auth::KeyTable;
+use crate::limiting::RequestLimits;
 
 /// Settings of the HTTP surface.
 #[derive(Clone)]
@@ -52,6 +53,8 @@ pub struct AppState {
     pub ledger: Ledger,
     /// Metric instruments.
     pub metrics: Metrics,
+    /// Rate limits, budgets and blocks.
+    pub limits: RequestLimits,
     /// Server settings.
     pub settings: Arc<ServerSettings>,
 }

@@ -60,7 +60,8 @@ pub enum TenantsAction {
     },
 }
 
-async fn open(path: Option<&Path>) -> anyhow::Result<Store> {
+/// Opens and migrates the store the config at `path` names.
+pub(crate) async fn open(path: Option<&Path>) -> anyhow::Result<Store> {
     let config = config::load(path)?;
     let store = Store::connect(&config.app.store_url)
         .await

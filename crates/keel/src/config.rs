@@ -24,6 +24,7 @@ use keel_gateway::{
     BreakerConfig, DeploymentConfig, GatewayConfig, ModelConfig, ModelKind, ProviderConfig,
     ProviderKind, RetryPolicy, Timeouts,
 };
+use keel_server::limiting::LimitsSetup;
 use keel_server::{AppConfig, ServerSettings};
 use keel_store::{LedgerConfig, NewKey};
 use serde::Deserialize;
@@ -46,6 +47,8 @@ pub struct RawConfig {
     tenants: Vec<RawTenant>,
     #[serde(default)]
     keys: Vec<RawKey>,
+    #[serde(default)]
+    limits: RawLimits,
 }
 
 #[derive(Debug, Deserialize)]
@@ -75,6 +78,8 @@ impl Default for RawServer {
 struct RawStore {
     data_dir: String,
     url: Option<String>,
+    redis_url: Option<String>,
+    redis_prefix: String,
 }
 
 impl Default for RawStore {
@@ -82,6 +87,28 @@ impl Default for RawStore {
         RawStore {
             data_dir: ".keel".into(),
             url: None,
+            redis_url: None,
+            redis_prefix: "keel".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    default_max_tokens: u32,
+    lease_secs: u64,
+    redis_timeout_ms: u64,
+    rules: Vec<keel_limits::RuleSpec>,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            default_max_tokens: keel_server::limiting::DEFAULT_MAX_TOKENS,
+            lease_secs: 900,
+            redis_timeout_ms: 100,
+            rules: Vec::new(),
         }
     }
 }
@@ -151,6 +178,8 @@ struct RawModel {
     retry: RawRetry,
     #[serde(default)]
     breaker: RawBreaker,
+    #[serde(default)]
+    tokenizer: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -321,13 +350,14 @@ pub fn check(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Re
         );
     }
     let data_dir = PathBuf::from(&raw.store.data_dir);
-    let store_url = match raw.store.url {
+    let store_url = match raw.store.url.clone() {
         Some(url) if url.trim().is_empty() => bail!("key `store.url`: must not be empty"),
         Some(url) => url,
         None => format!("sqlite://{}", data_dir.join("keel.db").display()),
     };
     let ledger = check_ledger(&raw.ledger)?;
     let gateway = check_gateway(&raw.providers, &raw.models, env)?;
+    let limits = check_limits(&raw.store, &raw.limits, &raw.models)?;
     let (tenants, keys) = check_tenants_and_keys(&raw.tenants, &raw.keys, env)?;
     let server = ServerSettings {
         max_body_bytes: usize::try_from(raw.server.max_body_bytes).unwrap_or(usize::MAX),
@@ -344,7 +374,83 @@ pub fn check(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Re
             tenants,
             keys,
             shutdown_grace: Duration::from_millis(raw.server.shutdown_grace_ms),
+            limits,
         },
+    })
+}
+
+fn check_limits(
+    store: &RawStore,
+    raw: &RawLimits,
+    models: &[RawModel],
+) -> anyhow::Result<LimitsSetup> {
+    if raw.default_max_tokens == 0 {
+        bail!("key `limits.default_max_tokens`: must be at least 1");
+    }
+    if !(1..=86_400).contains(&raw.lease_secs) {
+        bail!(
+            "key `limits.lease_secs`: must be 1 to 86400 seconds, got {}",
+            raw.lease_secs
+        );
+    }
+    if !(1..=60_000).contains(&raw.redis_timeout_ms) {
+        bail!(
+            "key `limits.redis_timeout_ms`: must be 1 to 60000, got {}",
+            raw.redis_timeout_ms
+        );
+    }
+    let mut rules = Vec::with_capacity(raw.rules.len());
+    let mut ids = HashSet::new();
+    for (i, spec) in raw.rules.iter().enumerate() {
+        let rule = spec
+            .check()
+            .map_err(|e| anyhow::anyhow!("key `limits.rules[{i}].{}`: {}", e.field, e.message))?;
+        if !ids.insert(rule.id.clone()) {
+            bail!(
+                "key `limits.rules[{i}].id`: {:?} is used by another rule",
+                rule.id
+            );
+        }
+        rules.push(rule);
+    }
+    let redis = match &store.redis_url {
+        Some(url) if !(url.starts_with("redis://") || url.starts_with("rediss://")) => bail!(
+            "key `store.redis_url`: {:?} must start with redis:// or rediss://",
+            redact_url(url)
+        ),
+        Some(url) => {
+            if store.redis_prefix.is_empty() || store.redis_prefix.contains(char::is_whitespace) {
+                bail!("key `store.redis_prefix`: must be non-empty without spaces");
+            }
+            Some(keel_limits::RedisSettings {
+                url: url.clone(),
+                prefix: store.redis_prefix.clone(),
+                timeout: Duration::from_millis(raw.redis_timeout_ms),
+            })
+        }
+        None => None,
+    };
+    let mut tokenizers = std::collections::HashMap::new();
+    for (i, m) in models.iter().enumerate() {
+        if let Some(name) = &m.tokenizer {
+            let tokenizer = keel_limits::Tokenizer::parse(name).with_context(|| {
+                format!(
+                    "key `models[{i}].tokenizer`: unknown tokenizer {name:?}; \
+                     use o200k_base, cl100k_base or estimate"
+                )
+            })?;
+            tokenizers.insert(m.name.clone(), tokenizer);
+        }
+    }
+    Ok(LimitsSetup {
+        config: keel_limits::LimitsConfig {
+            rules,
+            redis,
+            lease: Duration::from_secs(raw.lease_secs),
+            clock: keel_limits::Clock::system(),
+        },
+        default_max_tokens: raw.default_max_tokens,
+        tokenizers,
     })
 }
 
@@ -630,8 +736,15 @@ pub fn summary(config: &Config) -> String {
             format!("{}→[{}]", m.name, deps.join(","))
         })
         .collect();
+    let limits = &config.app.limits.config;
+    let rules: Vec<String> = limits.rules.iter().map(ToString::to_string).collect();
+    let redis = limits
+        .redis
+        .as_ref()
+        .map_or_else(|| "none".to_owned(), |r| redact_url(&r.url));
     format!(
-        "listen={} store={} admin_api={} providers=[{}] models=[{}] tenants={} keys={}",
+        "listen={} store={} admin_api={} providers=[{}] models=[{}] tenants={} keys={} \
+         limits=[{}] redis={redis}",
         config.listen,
         redact_url(&config.app.store_url),
         if config.app.server.admin_token.is_some() {
@@ -643,6 +756,7 @@ pub fn summary(config: &Config) -> String {
         models.join(" "),
         config.app.tenants.len(),
         config.app.keys.len(),
+        rules.join(", "),
     )
 }
 
@@ -737,6 +851,69 @@ mod tests {
             let err = parse(&text).unwrap_err().to_string();
             assert!(err.contains(key), "expected {key} in: {err}");
         }
+    }
+
+    #[test]
+    fn limit_errors_name_the_key() {
+        let rule = |body: &str| format!("{GOOD}\n[[limits.rules]]\nid = \"r\"\n{body}");
+        let cases = [
+            (
+                rule("scope = \"tenant=*\"\nrequests = 5\nper = \"1 fortnight\""),
+                "limits.rules[0].per",
+            ),
+            (
+                rule("scope = \"org=a\"\nrequests = 5\nper = \"1m\""),
+                "limits.rules[0].scope",
+            ),
+            (
+                rule("scope = \"tenant=*\"\nrequests = -5\nper = \"1m\""),
+                "limits.rules",
+            ),
+            (
+                rule("scope = \"tenant=*\"\nbudget_usd = 5.0\nperiod = \"year\""),
+                "limits.rules[0].period",
+            ),
+            (
+                rule("scope = \"tenant=*\"\nbudget_usd = 0.0\nperiod = \"day\""),
+                "limits.rules[0].budget_usd",
+            ),
+            (rule("scope = \"tenant=*\"\nrpm = 5"), "rpm"),
+            (
+                format!(
+                    "{GOOD}\n[[limits.rules]]\nid = \"a\"\nscope = \"tenant=*\"\nconcurrency = 1\n[[limits.rules]]\nid = \"a\"\nscope = \"tenant=*\"\nconcurrency = 2"
+                ),
+                "limits.rules[1].id",
+            ),
+            (
+                format!("[store]\nredis_url = \"http://x\"\n{GOOD}"),
+                "store.redis_url",
+            ),
+            (
+                format!("[limits]\nlease_secs = 0\n{GOOD}"),
+                "limits.lease_secs",
+            ),
+            (
+                GOOD.replace("name = \"fast\"", "name = \"fast\"\ntokenizer = \"bpe9\""),
+                "models[0].tokenizer",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(key), "expected {key} in: {err}");
+        }
+    }
+
+    #[test]
+    fn limits_are_read_from_the_file() {
+        let text = format!(
+            "[store]\nredis_url = \"redis://127.0.0.1:6379/2\"\n[limits]\ndefault_max_tokens = 512\n{GOOD}\n\
+             [[limits.rules]]\nid = \"b\"\nscope = \"tenant=demo\"\nbudget_usd = 2.5\nperiod = \"week\""
+        );
+        let config = parse(&text).unwrap();
+        let limits = &config.app.limits;
+        assert_eq!(limits.default_max_tokens, 512);
+        assert_eq!(limits.config.rules[0].limit.kind(), "budget");
+        assert_eq!(limits.config.redis.as_ref().unwrap().prefix, "keel");
     }
 
     #[test]

@@ -117,6 +117,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .keys
             .push((key, format!("sk-keel-demo-{tenant}")));
     }
+    // Limits that bite during the run: a small daily budget for initech and
+    // a per-session request rate for globex.
+    for spec in [
+        r#"{"id":"initech-daily","scope":"tenant=initech","budget_usd":0.002,"period":"day"}"#,
+        r#"{"id":"globex-session-rpm","scope":"tenant=globex,session=*","requests":15,"per":"1m"}"#,
+    ] {
+        let rule = serde_json::from_str::<keel_limits::RuleSpec>(spec)?.check()?;
+        config.app.limits.config.rules.push(rule);
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let app = keel_server::App::start(config.app, listener)
         .await
@@ -246,6 +255,31 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     println!("  total cost ${:.6}", total as f64 / 1e6);
 
+    println!("\n== limits");
+    let refusals = |rule: &str| metric_sum_matching(&metrics, "keel_limit_refusals_total", rule);
+    println!(
+        "  initech-daily       budget $0.002/day   refused {:>4} (402)",
+        refusals("initech-daily")
+    );
+    println!(
+        "  globex-session-rpm  15 requests/min     refused {:>4} (429)",
+        refusals("globex-session-rpm")
+    );
+    let account = client
+        .get(format!(
+            "http://{}/admin/v1/limits/accounts?rule=initech-daily&scope=tenant%3Dinitech",
+            app.addr
+        ))
+        .bearer_auth("demo-admin")
+        .send()
+        .await?
+        .json::<Value>()
+        .await?;
+    println!(
+        "  initech spent ${} of $0.002 (never more than the cap)",
+        account["spent_usd"].as_str().unwrap_or("?")
+    );
+
     app.shutdown().await;
     sim.shutdown().await.ok();
     Ok(())
@@ -286,6 +320,11 @@ async fn one_request(client: &reqwest::Client, base: &str, i: usize, observed: &
             false,
         ),
     };
+    let mut body = body;
+    if tenant == "initech" && path == "chat/completions" {
+        // initech caps its answers, so its worst case fits its small budget.
+        body["max_tokens"] = json!(64);
+    }
     let started = Instant::now();
     let response = client
         .post(format!("{base}/{path}"))
@@ -341,6 +380,14 @@ fn record(observed: &Mutex<Observed>, f: impl FnOnce(&mut Observed)) {
 
 fn ms(us: u64) -> String {
     format!("{:.2}ms", us as f64 / 1000.0)
+}
+
+/// Sums the samples of a counter whose labels mention `needle`.
+fn metric_sum_matching(text: &str, name: &str, needle: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(needle))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 /// Sums every sample of a counter in Prometheus text.

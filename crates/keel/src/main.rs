@@ -1,5 +1,5 @@
 //! The `keel` command: serve the gateway, run the upstream simulator, manage
-//! keys, or run the demo.
+//! keys, report usage, or run the demo.
 //!
 //! This file only parses arguments and dispatches; each command lives in its
 //! own module.
@@ -7,6 +7,7 @@
 mod admin_cli;
 mod config;
 mod demo;
+mod usage_cli;
 
 use std::path::PathBuf;
 
@@ -59,6 +60,9 @@ enum Command {
     },
     /// Run keel against the simulator with a short multi-tenant workload.
     Demo(demo::DemoArgs),
+    /// Show tokens and cost per hour, day or week and group, with
+    /// week-over-week changes.
+    Usage(usage_cli::UsageArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -106,6 +110,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Keys { config, action } => admin_cli::keys(config.as_deref(), action).await,
         Command::Tenants { config, action } => admin_cli::tenants(config.as_deref(), action).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Usage(args) => usage_cli::run(args).await,
     }
 }
 

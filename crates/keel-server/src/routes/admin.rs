@@ -30,7 +30,7 @@ pub async fn require_admin(
 }
 
 /// Maps store failures: conflicts and missing records are the caller's.
-fn store_error(e: StoreError) -> ApiError {
+pub(crate) fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::Conflict { .. } | StoreError::KeyTenantMismatch { .. } => {
             ApiError::new(ErrorCode::Conflict, e.to_string())
@@ -50,7 +50,7 @@ fn parse_id<T>(
 }
 
 /// Parses the query string, refusing unknown or malformed parameters.
-fn query<T: serde::de::DeserializeOwned>(uri: &Uri) -> Result<T, ApiError> {
+pub(crate) fn query<T: serde::de::DeserializeOwned>(uri: &Uri) -> Result<T, ApiError> {
     Query::<T>::try_from_uri(uri)
         .map(|Query(q)| q)
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.body_text()))

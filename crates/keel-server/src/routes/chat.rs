@@ -6,9 +6,11 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::HeaderMap;
 use keel_core::chat::ChatRequest;
+use keel_limits::Admission;
 
 use crate::accounting::{Outcome, RequestContext, estimate_tokens};
 use crate::error::ApiError;
+use crate::limiting::{self, ModelLimits};
 use crate::relay;
 use crate::routes::{admit, gateway_headers, refuse};
 use crate::state::AppState;
@@ -19,9 +21,13 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (ctx, request): (_, ChatRequest) = admit(&state, &headers, body, "chat").await?;
+    let (ctx, mut request): (_, ChatRequest) = admit(&state, &headers, body, "chat").await?;
+    let limited = match limiting::admit_chat(&state, &ctx, &mut request).await {
+        Ok(limited) => limited,
+        Err(e) => return Err(refuse(&state, &ctx, request.model.clone(), e).await),
+    };
     if request.is_stream() {
-        return stream(state, ctx, request).await;
+        return stream(state, ctx, request, limited).await;
     }
 
     match state.gateway.chat(&request).await {
@@ -45,12 +51,24 @@ pub async fn chat_completions(
                 status: 200,
                 ..Outcome::default()
             };
-            let (_, overhead) = ctx.finish(&state, outcome).await;
+            let (cost, overhead) = ctx.finish(&state, outcome).await;
             let mut response = Json(completion).into_response();
             gateway_headers(response.headers_mut(), &ctx, Some(&served), Some(overhead));
+            if let Some((admission, _)) = limited {
+                limiting::add_quota_headers(response.headers_mut(), admission.quotas());
+                limiting::settle(&state, admission, prompt_tokens + completion_tokens, cost).await;
+            }
             Ok(response)
         }
-        Err(e) => Err(refuse(&state, &ctx, request.model.clone(), e.into()).await),
+        Err(e) => {
+            let mut error = ApiError::from(e);
+            if let Some((admission, _)) = &limited {
+                error.headers = limiting::quota_headers(admission.quotas());
+            }
+            // Dropping the admission releases its holds: nothing was spent.
+            drop(limited);
+            Err(refuse(&state, &ctx, request.model.clone(), error).await)
+        }
     }
 }
 
@@ -59,15 +77,27 @@ async fn stream(
     state: AppState,
     ctx: RequestContext,
     request: ChatRequest,
+    limited: Option<(Admission, ModelLimits)>,
 ) -> Result<Response, ApiError> {
     match state.gateway.chat_stream(&request).await {
         Ok(stream) => {
             let served = stream.served.clone();
-            let mut response = relay::sse_response(state, ctx.clone(), request, stream);
+            let quotas = limited.as_ref().map(|(a, _)| a.quotas());
+            let mut response = relay::sse_response(state, ctx.clone(), request, stream, limited);
             gateway_headers(response.headers_mut(), &ctx, Some(&served), None);
+            if let Some(quotas) = quotas {
+                limiting::add_quota_headers(response.headers_mut(), quotas);
+            }
             Ok(response)
         }
-        Err(e) => Err(refuse(&state, &ctx, request.model.clone(), e.into()).await),
+        Err(e) => {
+            let mut error = ApiError::from(e);
+            if let Some((admission, _)) = &limited {
+                error.headers = limiting::quota_headers(admission.quotas());
+            }
+            drop(limited);
+            Err(refuse(&state, &ctx, request.model.clone(), error).await)
+        }
     }
 }
 

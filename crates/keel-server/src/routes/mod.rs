@@ -5,7 +5,9 @@ pub mod admin;
 pub mod chat;
 pub mod embeddings;
 pub mod health;
+pub mod limits;
 pub mod models;
+pub mod usage;
 
 use std::time::Duration;
 

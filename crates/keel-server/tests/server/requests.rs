@@ -68,6 +68,7 @@ fn config(sim: &SpawnedSim, store_url: String) -> AppConfig {
             KEY.into(),
         )],
         shutdown_grace: Duration::from_secs(10),
+        limits: Default::default(),
     }
 }
 

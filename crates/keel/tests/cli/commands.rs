@@ -1,5 +1,6 @@
 //! The `keel` binary as a user runs it: key and tenant management against a
-//! store, and configuration refused at start with the key named.
+//! store, usage reports over a seeded ledger, and configuration refused at
+//! start with the key named.
 
 #![expect(
     clippy::expect_used,
@@ -8,6 +9,10 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use keel_store::{Store, UsageRecord};
+use serde_json::Value;
 
 fn keel(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_keel"));
@@ -154,4 +159,156 @@ fn environment_overrides_config_keys() {
         "{}",
         text(&output).1
     );
+}
+
+/// Writes ledger rows into the SQLite store [`write_config`] points at, as
+/// the gateway's ledger would.
+fn seed_usage(dir: &Path, rows: &[UsageRecord]) {
+    let url = format!("sqlite://{}", dir.join("data").join("keel.db").display());
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime starts");
+    runtime.block_on(async {
+        let store = Store::connect(&url).await.expect("the store opens");
+        store.migrate().await.expect("the store migrates");
+        store
+            .insert_usage(rows)
+            .await
+            .expect("the rows are written");
+        store.close().await;
+    });
+}
+
+/// A successful request by `user` of `tenant`, `hours` ago: 100 prompt and
+/// 50 completion tokens for $0.0015.
+fn request(id: &str, tenant: &str, user: &str, hours_ago: i64) -> UsageRecord {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("the clock is past 1970")
+        .as_millis() as i64;
+    UsageRecord {
+        request_id: id.to_owned(),
+        ts_ms: now_ms - hours_ago * 3_600_000,
+        tenant_id: tenant.to_owned(),
+        user_id: Some(user.to_owned()),
+        key_id: None,
+        session: None,
+        workflow: None,
+        model: "gpt-4o-mini".to_owned(),
+        deployment: None,
+        provider: None,
+        prompt_tokens: 100,
+        completion_tokens: 50,
+        cost_micros: 1_500,
+        latency_us: 1_000,
+        overhead_us: 50,
+        ttft_us: None,
+        status: 200,
+        error_code: None,
+        stream: false,
+        attempts: 1,
+        cache: None,
+    }
+}
+
+#[test]
+fn usage_reports_a_tenants_users_per_week_and_week_over_week() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), "");
+    seed_usage(
+        dir.path(),
+        &[
+            request("a1", "acme", "alice", 1),
+            request("a2", "acme", "alice", 2),
+            request("a3", "acme", "alice", 8 * 24),
+            request("b1", "acme", "bob", 3),
+            request("c1", "globex", "carol", 1),
+        ],
+    );
+    let usage = |extra: &[&str]| {
+        let mut args = vec![
+            "usage",
+            "--config",
+            "keel.toml",
+            "--tenant",
+            "acme",
+            "--by",
+            "user",
+            "--bucket",
+            "week",
+            "--since",
+            "14d",
+        ];
+        args.extend(extra);
+        let output = keel(dir.path(), &args, &[]);
+        let (out, err) = text(&output);
+        assert!(output.status.success(), "keel usage failed: {err}");
+        out
+    };
+
+    let table = usage(&[]);
+    assert!(table.starts_with("usage per week (UTC) since "), "{table}");
+    assert!(!table.contains("carol"), "another tenant's user: {table}");
+    let (trend, weeks) = table
+        .split_once("week over week")
+        .expect("a week-over-week section");
+    assert!(
+        trend.lines().any(|l| l.starts_with("alice ")) && trend.contains("\nbob "),
+        "{table}"
+    );
+    // alice: 2 requests, 300 tokens, $0.003 this week against 1, 150,
+    // $0.0015; bob is new this week.
+    let alice = weeks
+        .lines()
+        .find(|l| l.starts_with("alice"))
+        .expect("alice");
+    let cells: Vec<&str> = alice.split_whitespace().collect();
+    assert_eq!(
+        cells,
+        [
+            "alice",
+            "2",
+            "1",
+            "+100.0",
+            "%",
+            "300",
+            "150",
+            "+100.0",
+            "%",
+            "$0.003000",
+            "$0.001500",
+            "+100.0",
+            "%"
+        ],
+        "{table}"
+    );
+    let bob = weeks.lines().find(|l| l.starts_with("bob")).expect("bob");
+    assert!(bob.ends_with("new"), "{table}");
+
+    let json: Value = serde_json::from_str(&usage(&["--json"])).expect("usage --json is JSON");
+    assert_eq!(json["object"], "usage.trend");
+    let requests = |user: &str| -> i64 {
+        json["data"]
+            .as_array()
+            .expect("data is a list")
+            .iter()
+            .filter(|e| e["group"] == user)
+            .map(|e| e["requests"].as_i64().unwrap_or_default())
+            .sum()
+    };
+    assert_eq!((requests("alice"), requests("bob")), (3, 1), "{json}");
+    assert_eq!(json["week_over_week"][0]["group"], "alice", "{json}");
+    assert_eq!(json["week_over_week"][0]["requests_change"], 1.0, "{json}");
+}
+
+#[test]
+fn usage_refuses_an_unknown_bucket_naming_the_choices() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), "");
+    let output = keel(
+        dir.path(),
+        &["usage", "--config", "keel.toml", "--bucket", "month"],
+        &[],
+    );
+    assert!(!output.status.success());
+    let (_, err) = text(&output);
+    assert!(err.contains("hour, day, week"), "{err}");
 }

@@ -1,0 +1,6 @@
+//! The `keel` binary's integration tests: commands as a user runs them, and
+//! several `keel serve` processes sharing Redis. One binary, a module per
+//! area.
+
+mod commands;
+mod distributed;
