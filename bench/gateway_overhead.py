@@ -103,15 +103,19 @@ def start_sim(port):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def start_keel(port, sim_port, tmp, workers):
-    config = os.path.join(tmp, f"keel-{workers}.toml")
+def start_keel(port, sim_port, tmp, workers, name=None, store_extra="", extra=""):
+    """keel on one model ("bench", served by the simulator as gpt-4o-mini)
+    with one tenant and key; `store_extra` and `extra` add config lines."""
+    name = name or str(workers)
+    config = os.path.join(tmp, f"keel-{name}.toml")
     with open(config, "w") as f:
         f.write(f"""
 [server]
 listen = "127.0.0.1:{port}"
 worker_threads = {workers}
 [store]
-data_dir = "{tmp}/data-{workers}"
+data_dir = "{tmp}/data-{name}"
+{store_extra}
 [[providers]]
 name = "sim"
 base_url = "http://127.0.0.1:{sim_port}/v1"
@@ -120,7 +124,7 @@ max_idle_per_host = 1024
 name = "bench"
 [[models.deployments]]
 provider = "sim"
-model = "bench"
+model = "gpt-4o-mini"
 input_per_mtok = 0.15
 output_per_mtok = 0.60
 [[tenants]]
@@ -128,10 +132,11 @@ id = "bench"
 [[keys]]
 tenant = "bench"
 secret = "{KEY}"
+{extra}
 """)
     env = dict(os.environ, KEEL_LOG="warn")
     return subprocess.Popen([KEEL, "serve", "--config", config], env=env,
-                            stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "keel.log"), "w"))
+                            stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, f"keel-{name}.log"), "w"))
 
 
 def start_litellm(port, sim_port, tmp):
@@ -151,6 +156,17 @@ def start_litellm(port, sim_port, tmp):
     return subprocess.Popen([os.path.join(VENV, "bin", "litellm"), "--config", config, "--port", str(port),
                              "--host", "127.0.0.1"], env=env, stdout=subprocess.DEVNULL,
                             stderr=open(os.path.join(tmp, "litellm.log"), "w"))
+
+
+def stop_all(procs):
+    """SIGTERM every process, then wait (killing any that hang)."""
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def rss_peak_mb(pid):
@@ -217,13 +233,7 @@ def main():
         with open(os.path.join(OUT, "gateway_overhead.json"), "w") as f:
             json.dump(all_results, f, indent=2)
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -22,7 +22,9 @@ pub use clock::Clock;
 pub use decision::{
     BudgetExceeded, Charge, Quota, Quotas, RateKind, Refusal, ThresholdCrossed, fmt_interval,
 };
-pub use limits::{Admission, Block, LimitEvent, Limits, LimitsConfig, LimitsError, RuleSource};
+pub use limits::{
+    Admission, Block, LimitEvent, Limits, LimitsConfig, LimitsError, Plan, RuleSource,
+};
 pub use period::Period;
 pub use rule::{FailMode, Limit, Rule, RuleError, RuleSpec};
 pub use scope::{Attrs, Dimension, InvalidSelector, Selector};

@@ -80,6 +80,15 @@ fn display<S: serde::Serializer>(value: &Selector, s: S) -> Result<S::Ok, S::Err
     s.collect_str(value)
 }
 
+/// What the rules covering a request need (see [`Limits::plan`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// A token rate or a budget covers it: its tokens must be counted.
+    pub counts_tokens: bool,
+    /// A budget covers it: its completion must be capped.
+    pub budgeted: bool,
+}
+
 /// Where a rule came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -279,11 +288,26 @@ impl Limits {
             .collect()
     }
 
-    /// Whether any budget covers a request with `attrs`.
-    pub fn budgets_cover(&self, attrs: &Attrs<'_>) -> bool {
-        self.hits(attrs)
-            .iter()
-            .any(|h| matches!(h.rule.limit, Limit::Budget { .. }))
+    /// What the rules covering a request need to know before admitting
+    /// it, so callers count tokens only when a rule uses them.
+    pub fn plan(&self, attrs: &Attrs<'_>) -> Plan {
+        let rules = self
+            .inner
+            .rules
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut plan = Plan::default();
+        for (rule, _) in rules.iter().filter(|(r, _)| r.selector.matches(attrs)) {
+            match rule.limit {
+                Limit::Tokens { .. } => plan.counts_tokens = true,
+                Limit::Budget { .. } => {
+                    plan.counts_tokens = true;
+                    plan.budgeted = true;
+                }
+                Limit::Requests { .. } | Limit::Concurrency { .. } => {}
+            }
+        }
+        plan
     }
 
     fn hits(&self, attrs: &Attrs<'_>) -> Vec<Hit> {

@@ -202,24 +202,7 @@ impl Local {
                     Change::Enter
                 }
                 Limit::Budget { cap, period, .. } => {
-                    let account = state
-                        .accounts
-                        .entry(key)
-                        .or_insert_with(|| Account::new(*period));
-                    account.period = *period;
-                    account.roll(now_ms);
-                    let committed = account.spent.saturating_add(account.reserved);
-                    if committed.saturating_add(charge.cost.micros()) > cap.micros() {
-                        return Err(Refusal::Budget(BudgetExceeded {
-                            rule: hit.rule.id.clone(),
-                            scope: hit.scope.clone(),
-                            cap: *cap,
-                            spent: Cost(account.spent),
-                            reserved: Cost(account.reserved),
-                            requested: charge.cost,
-                            resets_at_ms: period.next_window(now_ms),
-                        }));
-                    }
+                    check_budget(&mut state, hit, *cap, *period, charge.cost, now_ms)?;
                     Change::Hold
                 }
             };
@@ -246,25 +229,8 @@ impl Local {
     pub fn extend(&self, hits: &[Hit], extra: Cost, now_ms: i64) -> Result<(), Refusal> {
         let mut state = self.lock();
         for hit in hits {
-            let Limit::Budget { cap, period, .. } = &hit.rule.limit else {
-                continue;
-            };
-            let account = state
-                .accounts
-                .entry(hit.key())
-                .or_insert_with(|| Account::new(*period));
-            account.roll(now_ms);
-            let committed = account.spent.saturating_add(account.reserved);
-            if committed.saturating_add(extra.micros()) > cap.micros() {
-                return Err(Refusal::Budget(BudgetExceeded {
-                    rule: hit.rule.id.clone(),
-                    scope: hit.scope.clone(),
-                    cap: *cap,
-                    spent: Cost(account.spent),
-                    reserved: Cost(account.reserved),
-                    requested: extra,
-                    resets_at_ms: period.next_window(now_ms),
-                }));
+            if let Limit::Budget { cap, period, .. } = &hit.rule.limit {
+                check_budget(&mut state, hit, *cap, *period, extra, now_ms)?;
             }
         }
         for hit in hits {
@@ -363,6 +329,37 @@ impl Local {
             .retain(|_, a| a.reserved > 0 || a.period.window_start(now_ms) == a.window_start_ms);
         before - state.rates.len() - state.accounts.len()
     }
+}
+
+/// Refuses `amount` if the hit's budget account cannot hold it on top of
+/// what is spent and held in the current window.
+fn check_budget(
+    state: &mut State,
+    hit: &Hit,
+    cap: Cost,
+    period: Period,
+    amount: Cost,
+    now_ms: i64,
+) -> Result<(), Refusal> {
+    let account = state
+        .accounts
+        .entry(hit.key())
+        .or_insert_with(|| Account::new(period));
+    account.period = period;
+    account.roll(now_ms);
+    let committed = account.spent.saturating_add(account.reserved);
+    if committed.saturating_add(amount.micros()) > cap.micros() {
+        return Err(Refusal::Budget(BudgetExceeded {
+            rule: hit.rule.id.clone(),
+            scope: hit.scope.clone(),
+            cap,
+            spent: Cost(account.spent),
+            reserved: Cost(account.reserved),
+            requested: amount,
+            resets_at_ms: period.next_window(now_ms),
+        }));
+    }
+    Ok(())
 }
 
 /// The soft thresholds a settlement from `before` to `after` crossed.

@@ -157,6 +157,18 @@ impl Selector {
         self.parts.iter().all(|(_, m)| matches!(m, Match::Is(_)))
     }
 
+    /// Whether the rule applies to `attrs` (as [`Selector::partition`]
+    /// would say, without building the key).
+    pub fn matches(&self, attrs: &Attrs<'_>) -> bool {
+        self.parts.iter().all(
+            |(dimension, matcher)| match (attrs.get(*dimension), matcher) {
+                (None, _) => false,
+                (Some(_), Match::Each) => true,
+                (Some(value), Match::Is(want)) => want == value,
+            },
+        )
+    }
+
     /// The counter key for `attrs`, or `None` when the rule does not apply:
     /// a fixed value differs, or the request lacks a selected dimension.
     pub fn partition(&self, attrs: &Attrs<'_>) -> Option<String> {
@@ -217,6 +229,8 @@ mod tests {
         );
         assert_eq!(s.partition(&attrs("globex", None, "gpt-4o")), None);
         assert_eq!(s.partition(&attrs("acme", None, "other")), None);
+        assert!(s.matches(&attrs("acme", None, "gpt-4o")));
+        assert!(!s.matches(&attrs("acme", None, "other")));
     }
 
     #[test]
@@ -231,6 +245,7 @@ mod tests {
             None,
             "no user: out of scope"
         );
+        assert!(!s.matches(&attrs("acme", None, "m")));
         assert_eq!(s.to_string(), "tenant=acme,user=*");
     }
 

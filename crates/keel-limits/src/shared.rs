@@ -22,6 +22,8 @@ use crate::decision::{
 use crate::local::crossings;
 use crate::rule::Limit;
 
+/// The rate helpers both scripts use.
+const RATE: &str = include_str!("lua/rate.lua");
 const ADMIT: &str = include_str!("lua/admit.lua");
 const SETTLE: &str = include_str!("lua/settle.lua");
 
@@ -102,8 +104,8 @@ impl Shared {
             conn,
             prefix: settings.prefix.clone(),
             timeout: settings.timeout,
-            admit: Script::new(ADMIT),
-            settle: Script::new(SETTLE),
+            admit: Script::new(&format!("{RATE}\n{ADMIT}")),
+            settle: Script::new(&format!("{RATE}\n{SETTLE}")),
         })
     }
 

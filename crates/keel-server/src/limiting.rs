@@ -99,38 +99,54 @@ pub(crate) fn attrs<'a>(ctx: &'a RequestContext, model: &'a str) -> Attrs<'a> {
     }
 }
 
+/// An admitted chat request: its admission, its model's facts, and the
+/// prompt tokens counted for it (0 when no rule needed them).
+#[derive(Debug)]
+pub(crate) struct Limited {
+    pub admission: Admission,
+    pub model: ModelLimits,
+    pub prompt_tokens: u64,
+}
+
 /// Admits a chat request, capping its completion when a budget covers it
-/// and it set no limit. `None` for models keel does not serve (the gateway
-/// refuses those).
+/// and it set no limit. Prompt tokens are counted only when a token rate or
+/// budget covers the request. `None` for models keel does not serve (the
+/// gateway refuses those).
 pub(crate) async fn admit_chat(
     state: &AppState,
     ctx: &RequestContext,
     request: &mut ChatRequest,
-) -> Result<Option<(Admission, ModelLimits)>, ApiError> {
+) -> Result<Option<Limited>, ApiError> {
     let Some(model) = state.limits.models.get(&request.model).copied() else {
         return Ok(None);
     };
-    let prompt = model.tokenizer.count_chat(request);
-    let completion = match request.max_output_tokens() {
-        Some(n) => n,
-        None => {
-            let n = state.limits.default_max_tokens;
-            if state
-                .limits
-                .limits
-                .budgets_cover(&attrs(ctx, &request.model))
-            {
-                request.max_completion_tokens = Some(n);
+    let plan = state.limits.limits.plan(&attrs(ctx, &request.model));
+    let (charge, prompt_tokens) = if plan.counts_tokens {
+        let prompt = model.tokenizer.count_chat(request);
+        let completion = match request.max_output_tokens() {
+            Some(n) => n,
+            None => {
+                let n = state.limits.default_max_tokens;
+                if plan.budgeted {
+                    request.max_completion_tokens = Some(n);
+                }
+                n
             }
-            n
-        }
-    };
-    let charge = Charge {
-        tokens: prompt + u64::from(completion),
-        cost: model.worst_pricing.cost(prompt, u64::from(completion)),
+        };
+        let charge = Charge {
+            tokens: prompt + u64::from(completion),
+            cost: model.worst_pricing.cost(prompt, u64::from(completion)),
+        };
+        (charge, prompt)
+    } else {
+        (Charge::default(), 0)
     };
     let admission = admit(state, ctx, &request.model, charge).await?;
-    Ok(Some((admission, model)))
+    Ok(Some(Limited {
+        admission,
+        model,
+        prompt_tokens,
+    }))
 }
 
 /// Admits an embeddings request: its input is the whole cost.
@@ -142,6 +158,16 @@ pub(crate) async fn admit_embeddings(
     let Some(model) = state.limits.models.get(&request.model).copied() else {
         return Ok(None);
     };
+    if !state
+        .limits
+        .limits
+        .plan(&attrs(ctx, &request.model))
+        .counts_tokens
+    {
+        return admit(state, ctx, &request.model, Charge::default())
+            .await
+            .map(Some);
+    }
     let tokens: u64 = match &request.input {
         EmbeddingInput::Text(text) => model.tokenizer.count(text),
         EmbeddingInput::Texts(texts) => texts.iter().map(|t| model.tokenizer.count(t)).sum(),

@@ -25,7 +25,7 @@ use keel_limits::{Admission, Refusal, Tokenizer};
 use tokio::time::Instant;
 
 use crate::accounting::{Outcome, RequestContext};
-use crate::limiting::{self, ModelLimits};
+use crate::limiting::{self, Limited};
 use crate::routes::chat::estimate_usage;
 use crate::state::AppState;
 
@@ -38,7 +38,7 @@ pub fn sse_response(
     ctx: RequestContext,
     request: ChatRequest,
     stream: ChatStream,
-    limited: Option<(Admission, ModelLimits)>,
+    limited: Option<Limited>,
 ) -> Response {
     let include_usage = request
         .stream_options
@@ -117,6 +117,9 @@ struct Tally {
 /// A limited stream's admission and running token count.
 struct StreamLimit {
     admission: Option<Admission>,
+    /// Whether completion tokens are counted as they arrive (a budget
+    /// covers the stream).
+    counting: bool,
     tokenizer: Tokenizer,
     prompt_tokens: u64,
     completion_tokens: u64,
@@ -135,12 +138,13 @@ impl Tally {
         ctx: RequestContext,
         request: ChatRequest,
         served: Served,
-        limited: Option<(Admission, ModelLimits)>,
+        limited: Option<Limited>,
     ) -> Tally {
-        let limit = limited.map(|(admission, model)| StreamLimit {
-            prompt_tokens: model.tokenizer.count_chat(&request),
-            admission: Some(admission),
-            tokenizer: model.tokenizer,
+        let limit = limited.map(|l| StreamLimit {
+            prompt_tokens: l.prompt_tokens,
+            counting: l.admission.has_budget(),
+            admission: Some(l.admission),
+            tokenizer: l.model.tokenizer,
             completion_tokens: 0,
             largest_chunk: 1,
         });
@@ -168,11 +172,14 @@ impl Tally {
                     self.ttft = Some(self.ctx.started.elapsed());
                 }
                 self.text.push_str(content);
-                if let Some(limit) = &self.limit {
+                if let Some(limit) = self.limit.as_ref().filter(|l| l.counting) {
                     tokens += limit.tokenizer.count(content);
                 }
             }
-            if let (Some(calls), Some(limit)) = (&choice.delta.tool_calls, &self.limit) {
+            if let (Some(calls), Some(limit)) = (
+                &choice.delta.tool_calls,
+                self.limit.as_ref().filter(|l| l.counting),
+            ) {
                 for call in calls {
                     tokens += limit.tokenizer.count(&call.to_string());
                 }
@@ -230,6 +237,7 @@ impl Tally {
         let counted = self
             .limit
             .as_ref()
+            .filter(|l| l.counting)
             .map(|l| (l.prompt_tokens, l.completion_tokens));
         let (prompt_tokens, completion_tokens) = self
             .usage

@@ -7,20 +7,6 @@
 -- Returns {1, remaining_1, reset_ms_1, ...} when admitted, or
 -- {0, rule_index, a, b} when refused (r/t: retry_ms or -1 for never;
 -- b: spent, reserved).
--- A rate's stored value is "tat|emission_ms". When a rule's limit changed,
--- the time already booked is rescaled to the new emission interval, so what
--- was used still counts, no more and no less.
-local function booked(stored, emission, now)
-  if not stored then return now end
-  local sep = string.find(stored, '|', 1, true)
-  if not sep then return math.max(tonumber(stored) or now, now) end
-  local tat = tonumber(string.sub(stored, 1, sep - 1))
-  local old = tonumber(string.sub(stored, sep + 1))
-  if tat <= now then return now end
-  if old > 0 and old ~= emission then return now + (tat - now) * emission / old end
-  return tat
-end
-
 local now = tonumber(ARGV[1])
 local member = ARGV[2]
 local lease = tonumber(ARGV[3])

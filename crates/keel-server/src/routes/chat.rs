@@ -6,11 +6,10 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::HeaderMap;
 use keel_core::chat::ChatRequest;
-use keel_limits::Admission;
 
 use crate::accounting::{Outcome, RequestContext, estimate_tokens};
 use crate::error::ApiError;
-use crate::limiting::{self, ModelLimits};
+use crate::limiting::{self, Limited};
 use crate::relay;
 use crate::routes::{admit, gateway_headers, refuse};
 use crate::state::AppState;
@@ -54,7 +53,8 @@ pub async fn chat_completions(
             let (cost, overhead) = ctx.finish(&state, outcome).await;
             let mut response = Json(completion).into_response();
             gateway_headers(response.headers_mut(), &ctx, Some(&served), Some(overhead));
-            if let Some((admission, _)) = limited {
+            if let Some(limited) = limited {
+                let admission = limited.admission;
                 limiting::add_quota_headers(response.headers_mut(), admission.quotas());
                 limiting::settle(&state, admission, prompt_tokens + completion_tokens, cost).await;
             }
@@ -62,8 +62,8 @@ pub async fn chat_completions(
         }
         Err(e) => {
             let mut error = ApiError::from(e);
-            if let Some((admission, _)) = &limited {
-                error.headers = limiting::quota_headers(admission.quotas());
+            if let Some(limited) = &limited {
+                error.headers = limiting::quota_headers(limited.admission.quotas());
             }
             // Dropping the admission releases its holds: nothing was spent.
             drop(limited);
@@ -77,12 +77,12 @@ async fn stream(
     state: AppState,
     ctx: RequestContext,
     request: ChatRequest,
-    limited: Option<(Admission, ModelLimits)>,
+    limited: Option<Limited>,
 ) -> Result<Response, ApiError> {
     match state.gateway.chat_stream(&request).await {
         Ok(stream) => {
             let served = stream.served.clone();
-            let quotas = limited.as_ref().map(|(a, _)| a.quotas());
+            let quotas = limited.as_ref().map(|l| l.admission.quotas());
             let mut response = relay::sse_response(state, ctx.clone(), request, stream, limited);
             gateway_headers(response.headers_mut(), &ctx, Some(&served), None);
             if let Some(quotas) = quotas {
@@ -92,8 +92,8 @@ async fn stream(
         }
         Err(e) => {
             let mut error = ApiError::from(e);
-            if let Some((admission, _)) = &limited {
-                error.headers = limiting::quota_headers(admission.quotas());
+            if let Some(limited) = &limited {
+                error.headers = limiting::quota_headers(limited.admission.quotas());
             }
             drop(limited);
             Err(refuse(&state, &ctx, request.model.clone(), error).await)

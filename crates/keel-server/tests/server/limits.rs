@@ -2,27 +2,13 @@
 //! simulator, in process (the three-process Redis runs are in the `keel`
 //! crate's tests, which start the binary).
 
-#![expect(
-    clippy::unwrap_used,
-    reason = "test helpers fail the test on bad fixtures"
-)]
-
-use std::sync::Arc;
-use std::time::Duration;
-
-use keel_core::{Pricing, TenantId};
-use keel_gateway::{
-    DeploymentConfig, GatewayConfig, ModelConfig, ModelKind, ProviderConfig, ProviderKind,
-};
-use keel_limits::{LimitsConfig, RuleSpec};
-use keel_server::limiting::LimitsSetup;
-use keel_server::{App, AppConfig, ServerSettings};
-use keel_sim::{SimConfig, SpawnedSim};
-use keel_store::{LedgerConfig, NewKey, Store, UsageQuery};
+use keel_core::Pricing;
+use keel_limits::RuleSpec;
+use keel_sim::SimConfig;
+use keel_store::{Store, UsageQuery};
 use serde_json::{Value, json};
 
-const KEY: &str = "sk-keel-limits-test";
-const ADMIN: &str = "adm";
+use crate::support::{self, ADMIN, KEY, Running};
 
 /// Output at $20 per million tokens, input free: a call's cost is exactly
 /// its completion tokens times 20 micro-dollars, whatever the prompt.
@@ -37,98 +23,29 @@ fn rule(json: &str) -> keel_limits::Rule {
         .unwrap()
 }
 
-fn config(sim: &SpawnedSim, store_url: String, rules: &[&str], default_max: u32) -> AppConfig {
-    let provider = ProviderConfig {
-        name: "sim".into(),
-        kind: ProviderKind::OpenAi,
-        base_url: sim.base_url(),
-        api_key: None,
-        connect_timeout: Duration::from_secs(2),
-        max_idle_per_host: 64,
-    };
-    let model = ModelConfig {
-        name: "m".into(),
-        kind: ModelKind::Chat,
-        deployments: vec![DeploymentConfig {
-            name: Arc::from("d"),
-            provider: "sim".into(),
-            upstream_model: "gpt-4o-mini".into(),
-            priority: 0,
-            weight: 1,
-            pricing: pricing(),
-        }],
-        fallbacks: Vec::new(),
-        timeouts: Default::default(),
-        retry: Default::default(),
-        breaker: Default::default(),
-    };
-    let tenant = TenantId::new("t1").unwrap();
-    AppConfig {
-        server: ServerSettings {
-            max_body_bytes: 64 * 1024,
-            admin_token: Some(ADMIN.into()),
-        },
-        store_url,
-        ledger: LedgerConfig::default(),
-        gateway: GatewayConfig {
-            providers: vec![provider],
-            models: vec![model],
-        },
-        tenants: vec![(tenant.clone(), "T1".into())],
-        keys: vec![(
-            NewKey {
-                tenant_id: tenant,
-                user_id: None,
-                name: "k".into(),
-            },
-            KEY.into(),
-        )],
-        shutdown_grace: Duration::from_secs(10),
-        limits: LimitsSetup {
-            config: LimitsConfig {
-                rules: rules.iter().map(|r| rule(r)).collect(),
-                ..LimitsConfig::default()
-            },
-            default_max_tokens: default_max,
-            ..LimitsSetup::default()
-        },
-    }
-}
-
-struct Harness {
-    app: App,
-    store_url: String,
-    client: reqwest::Client,
-    _dir: tempfile::TempDir,
-    _sim: SpawnedSim,
-}
-
-async fn start(sim_config: SimConfig, rules: &[&str], default_max: u32) -> Harness {
-    let sim = keel_sim::spawn(sim_config).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let store_url = format!("sqlite://{}", dir.path().join("keel.db").display());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = App::start(
-        config(&sim, store_url.clone(), rules, default_max),
-        listener,
-    )
+/// keel with `rules`, the free-input price, and `default_max` completion
+/// tokens held for requests without a limit.
+async fn start(sim: SimConfig, rules: &[&str], default_max: u32) -> Running {
+    support::start(sim, |config| {
+        config.gateway.models[0].deployments[0].pricing = pricing();
+        config.limits.config.rules = rules.iter().map(|r| rule(r)).collect();
+        config.limits.default_max_tokens = default_max;
+    })
     .await
-    .unwrap();
-    Harness {
-        app,
-        store_url,
-        client: reqwest::Client::new(),
-        _dir: dir,
-        _sim: sim,
-    }
 }
 
-impl Harness {
+impl Running {
     fn chat(&self, body: &Value) -> reqwest::RequestBuilder {
         self.client
             .post(format!("{}/chat/completions", self.app.base_url()))
             .bearer_auth(KEY)
             .json(body)
+    }
+
+    /// The status of a small chat request.
+    async fn small_chat(&self) -> u16 {
+        let response = self.chat(&ask(Some(5), false)).send().await.unwrap();
+        response.status().as_u16()
     }
 
     fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -383,14 +300,8 @@ async fn rules_and_blocks_change_at_runtime_through_the_admin_api() {
     .await
     .unwrap();
     assert_eq!(response.status(), 201);
-    assert_eq!(
-        h.chat(&ask(Some(5), false)).send().await.unwrap().status(),
-        200
-    );
-    assert_eq!(
-        h.chat(&ask(Some(5), false)).send().await.unwrap().status(),
-        429
-    );
+    assert_eq!(h.small_chat().await, 200);
+    assert_eq!(h.small_chat().await, 429);
     let response = post(
         "/limits/rules",
         json!({"id": "one-per-hour", "scope": "tenant=t1", "requests": 1, "per": "1h"}),
@@ -408,10 +319,7 @@ async fn rules_and_blocks_change_at_runtime_through_the_admin_api() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(
-        h.chat(&ask(Some(5), false)).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(h.small_chat().await, 200);
     let listed: Value = h
         .admin(reqwest::Method::GET, "/limits/rules")
         .send()
@@ -433,10 +341,7 @@ async fn rules_and_blocks_change_at_runtime_through_the_admin_api() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(
-        h.chat(&ask(Some(5), false)).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(h.small_chat().await, 200);
 
     // The kill switch.
     let response = post(
@@ -468,10 +373,7 @@ async fn rules_and_blocks_change_at_runtime_through_the_admin_api() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(
-        h.chat(&ask(Some(5), false)).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(h.small_chat().await, 200);
     h.app.shutdown().await;
 }
 

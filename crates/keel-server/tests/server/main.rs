@@ -1,6 +1,12 @@
 //! keel-server's integration tests: a real `App` over HTTP against the
 //! simulator. One binary, a module per area.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test on bad fixtures"
+)]
+
 mod limits;
 mod requests;
+mod support;
 mod usage;

@@ -2,85 +2,18 @@
 //! simulator, checking what the Python suite cannot see from outside —
 //! ledger rows after shutdown, draining, abandoned streams.
 
-#![expect(
-    clippy::unwrap_used,
-    reason = "test helpers fail the test on bad fixtures"
-)]
-
-use std::sync::Arc;
 use std::time::Duration;
 
-use keel_core::{Pricing, TenantId};
-use keel_gateway::{
-    DeploymentConfig, GatewayConfig, ModelConfig, ModelKind, ProviderConfig, ProviderKind,
-};
-use keel_server::{App, AppConfig, ServerSettings};
-use keel_sim::{SimConfig, SpawnedSim};
-use keel_store::{LedgerConfig, NewKey, Store, UsageQuery};
+use keel_sim::SimConfig;
+use keel_store::{Store, UsageQuery};
 use serde_json::{Value, json};
 
-const KEY: &str = "sk-keel-test-key";
+use crate::support::{self, KEY, Running};
 
-fn config(sim: &SpawnedSim, store_url: String) -> AppConfig {
-    let provider = ProviderConfig {
-        name: "sim".into(),
-        kind: ProviderKind::OpenAi,
-        base_url: sim.base_url(),
-        api_key: None,
-        connect_timeout: Duration::from_secs(2),
-        max_idle_per_host: 8,
-    };
-    let model = ModelConfig {
-        name: "m".into(),
-        kind: ModelKind::Chat,
-        deployments: vec![DeploymentConfig {
-            name: Arc::from("d"),
-            provider: "sim".into(),
-            upstream_model: "up".into(),
-            priority: 0,
-            weight: 1,
-            pricing: Pricing::from_dollars_per_mtok(1.0, 2.0).unwrap(),
-        }],
-        fallbacks: Vec::new(),
-        timeouts: Default::default(),
-        retry: Default::default(),
-        breaker: Default::default(),
-    };
-    let tenant = TenantId::new("t1").unwrap();
-    AppConfig {
-        server: ServerSettings {
-            max_body_bytes: 64 * 1024,
-            admin_token: Some("adm".into()),
-        },
-        store_url,
-        ledger: LedgerConfig::default(),
-        gateway: GatewayConfig {
-            providers: vec![provider],
-            models: vec![model],
-        },
-        tenants: vec![(tenant.clone(), "T1".into())],
-        keys: vec![(
-            NewKey {
-                tenant_id: tenant,
-                user_id: None,
-                name: "k".into(),
-            },
-            KEY.into(),
-        )],
-        shutdown_grace: Duration::from_secs(10),
-        limits: Default::default(),
-    }
-}
-
-async fn start(sim: &SpawnedSim, dir: &tempfile::TempDir) -> (App, String) {
-    let url = format!("sqlite://{}", dir.path().join("keel.db").display());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    (
-        App::start(config(sim, url.clone()), listener)
-            .await
-            .unwrap(),
-        url,
-    )
+async fn start(sim: SimConfig) -> (Running, String) {
+    let running = support::start(sim, |_| {}).await;
+    let url = running.store_url.clone();
+    (running, url)
 }
 
 fn body(prompt: &str, stream: bool) -> Value {
@@ -89,14 +22,12 @@ fn body(prompt: &str, stream: bool) -> Value {
 
 #[tokio::test]
 async fn shutdown_drains_in_flight_requests_and_flushes_the_ledger() {
-    let sim = keel_sim::spawn(SimConfig {
+    let (running, url) = start(SimConfig {
         ttft_ms: 300,
         ..SimConfig::default()
     })
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (app, url) = start(&sim, &dir).await;
+    .await;
+    let app = running.app;
     let endpoint = format!("{}/chat/completions", app.base_url());
 
     // Requests are in flight (the sim holds each for 300 ms) when shutdown
@@ -139,15 +70,13 @@ async fn shutdown_drains_in_flight_requests_and_flushes_the_ledger() {
 
 #[tokio::test]
 async fn abandoned_streams_are_still_recorded() {
-    let sim = keel_sim::spawn(SimConfig {
+    let (running, url) = start(SimConfig {
         tokens_per_sec: 20.0,
         completion_tokens: 200,
         ..SimConfig::default()
     })
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (app, url) = start(&sim, &dir).await;
+    .await;
+    let app = running.app;
     let response = reqwest::Client::new()
         .post(format!("{}/chat/completions", app.base_url()))
         .bearer_auth(KEY)
@@ -180,9 +109,8 @@ async fn abandoned_streams_are_still_recorded() {
 
 #[tokio::test]
 async fn bad_requests_get_openai_errors_and_are_accounted() {
-    let sim = keel_sim::spawn(SimConfig::default()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (app, url) = start(&sim, &dir).await;
+    let (running, url) = start(SimConfig::default()).await;
+    let app = running.app;
     let client = reqwest::Client::new();
     let endpoint = format!("{}/chat/completions", app.base_url());
     let cases: Vec<(Vec<u8>, u16, &str, Option<&str>)> = vec![

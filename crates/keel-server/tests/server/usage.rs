@@ -2,109 +2,28 @@
 //! requests from several users, tenants and workflows, then the trend and
 //! week-over-week figures checked against the ledger they come from.
 
-#![expect(
-    clippy::unwrap_used,
-    reason = "test helpers fail the test on bad fixtures"
-)]
-
-use std::sync::Arc;
 use std::time::Duration;
 
-use keel_core::{Cost, Pricing, TenantId};
-use keel_gateway::{
-    DeploymentConfig, GatewayConfig, ModelConfig, ModelKind, ProviderConfig, ProviderKind,
-};
-use keel_server::{App, AppConfig, ServerSettings};
-use keel_sim::{SimConfig, SpawnedSim};
-use keel_store::{LedgerConfig, NewKey, Store, UsageQuery};
+use keel_core::{Cost, TenantId};
+use keel_sim::SimConfig;
+use keel_store::{Store, UsageQuery};
 use serde_json::{Value, json};
 
-/// t1's key without a user.
-const T1_KEY: &str = "sk-keel-usage-t1";
+use crate::support::{self, ADMIN, KEY as T1_KEY, Running};
+
 /// t2's only key.
 const T2_KEY: &str = "sk-keel-usage-t2";
-const ADMIN: &str = "adm";
 
-fn config(sim: &SpawnedSim, store_url: String) -> AppConfig {
-    let provider = ProviderConfig {
-        name: "sim".into(),
-        kind: ProviderKind::OpenAi,
-        base_url: sim.base_url(),
-        api_key: None,
-        connect_timeout: Duration::from_secs(2),
-        max_idle_per_host: 8,
-    };
-    let model = ModelConfig {
-        name: "m".into(),
-        kind: ModelKind::Chat,
-        deployments: vec![DeploymentConfig {
-            name: Arc::from("d"),
-            provider: "sim".into(),
-            upstream_model: "up".into(),
-            priority: 0,
-            weight: 1,
-            pricing: Pricing::from_dollars_per_mtok(1.0, 2.0).unwrap(),
-        }],
-        fallbacks: Vec::new(),
-        timeouts: Default::default(),
-        retry: Default::default(),
-        breaker: Default::default(),
-    };
-    let key = |tenant: &TenantId, secret: &str| {
-        (
-            NewKey {
-                tenant_id: tenant.clone(),
-                user_id: None,
-                name: "k".into(),
-            },
-            secret.to_owned(),
-        )
-    };
-    let (t1, t2) = (TenantId::new("t1").unwrap(), TenantId::new("t2").unwrap());
-    AppConfig {
-        server: ServerSettings {
-            max_body_bytes: 64 * 1024,
-            admin_token: Some(ADMIN.into()),
-        },
-        store_url,
-        ledger: LedgerConfig::default(),
-        gateway: GatewayConfig {
-            providers: vec![provider],
-            models: vec![model],
-        },
-        keys: vec![key(&t1, T1_KEY), key(&t2, T2_KEY)],
-        tenants: vec![(t1, "T1".into()), (t2, "T2".into())],
-        shutdown_grace: Duration::from_secs(10),
-        // No rules: these tests are about accounting, not admission.
-        limits: Default::default(),
-    }
-}
-
-/// A running keel with its store URL and an HTTP client.
-struct Harness {
-    app: App,
-    url: String,
-    client: reqwest::Client,
-    _dir: tempfile::TempDir,
-    _sim: SpawnedSim,
-}
-
-impl Harness {
-    async fn start() -> Harness {
-        let sim = keel_sim::spawn(SimConfig::default()).await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("keel.db").display());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let app = App::start(config(&sim, url.clone()), listener)
-            .await
-            .unwrap();
-        Harness {
-            app,
-            url,
-            client: reqwest::Client::new(),
-            _dir: dir,
-            _sim: sim,
-        }
+impl Running {
+    /// keel with a second tenant, t2, and its key. No rules: these tests
+    /// are about accounting, not admission.
+    async fn start_with_t2() -> Running {
+        support::start(SimConfig::default(), |config| {
+            let t2 = TenantId::new("t2").unwrap();
+            config.keys.push(support::key(&t2, T2_KEY));
+            config.tenants.push((t2, "T2".into()));
+        })
+        .await
     }
 
     /// Creates a user of t1 and a key for them through the admin API.
@@ -134,7 +53,7 @@ impl Harness {
     }
 
     /// Sends one chat completion for `model` with optional attribution.
-    async fn chat(&self, key: &str, model: &str, workflow: Option<&str>) -> u16 {
+    async fn chat_as(&self, key: &str, model: &str, workflow: Option<&str>) -> u16 {
         let mut request = self
             .client
             .post(format!("{}/chat/completions", self.app.base_url()))
@@ -185,16 +104,16 @@ fn sum(data: &Value, group: Option<Option<&str>>, field: &str) -> i64 {
 
 #[tokio::test]
 async fn trend_sums_the_callers_tenant_per_user_and_week() {
-    let h = Harness::start().await;
+    let h = Running::start_with_t2().await;
     let alice = h.user_key("alice").await;
     let bob = h.user_key("bob").await;
 
-    assert_eq!(h.chat(&alice, "m", Some("triage")).await, 200);
-    assert_eq!(h.chat(&alice, "m", None).await, 200);
-    assert_eq!(h.chat(&alice, "no-such-model", None).await, 404);
-    assert_eq!(h.chat(&bob, "m", Some("triage")).await, 200);
-    assert_eq!(h.chat(T1_KEY, "m", None).await, 200);
-    assert_eq!(h.chat(T2_KEY, "m", Some("triage")).await, 200);
+    assert_eq!(h.chat_as(&alice, "m", Some("triage")).await, 200);
+    assert_eq!(h.chat_as(&alice, "m", None).await, 200);
+    assert_eq!(h.chat_as(&alice, "no-such-model", None).await, 404);
+    assert_eq!(h.chat_as(&bob, "m", Some("triage")).await, 200);
+    assert_eq!(h.chat_as(T1_KEY, "m", None).await, 200);
+    assert_eq!(h.chat_as(T2_KEY, "m", Some("triage")).await, 200);
     assert!(h.ledger_holds(&alice, 5).await);
     assert!(h.ledger_holds(T2_KEY, 1).await);
 
@@ -216,7 +135,7 @@ async fn trend_sums_the_callers_tenant_per_user_and_week() {
     );
 
     // Each user's figures are the ledger's, to the micro-dollar.
-    let store = Store::connect(&h.url).await.unwrap();
+    let store = Store::connect(&h.store_url).await.unwrap();
     for user in ["alice", "bob"] {
         let ledger = store
             .usage_totals(&UsageQuery {
@@ -268,10 +187,10 @@ async fn trend_sums_the_callers_tenant_per_user_and_week() {
 
 #[tokio::test]
 async fn a_key_sees_only_its_own_tenant() {
-    let h = Harness::start().await;
-    assert_eq!(h.chat(T1_KEY, "m", None).await, 200);
-    assert_eq!(h.chat(T1_KEY, "m", None).await, 200);
-    assert_eq!(h.chat(T2_KEY, "m", None).await, 200);
+    let h = Running::start_with_t2().await;
+    assert_eq!(h.chat_as(T1_KEY, "m", None).await, 200);
+    assert_eq!(h.chat_as(T1_KEY, "m", None).await, 200);
+    assert_eq!(h.chat_as(T2_KEY, "m", None).await, 200);
     assert!(h.ledger_holds(T1_KEY, 2).await);
     assert!(h.ledger_holds(T2_KEY, 1).await);
 
@@ -302,7 +221,7 @@ async fn a_key_sees_only_its_own_tenant() {
 
 #[tokio::test]
 async fn bad_parameters_get_400s_naming_them() {
-    let h = Harness::start().await;
+    let h = Running::start_with_t2().await;
     let cases = [
         ("bucket=month", "bucket", "hour, day, week"),
         (
