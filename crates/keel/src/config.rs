@@ -9,23 +9,21 @@
 //! variable (`api_key_env`, `admin_token_env`), never the secret — except dev
 //! keys, which may be written inline for local use.
 
-use std::collections::HashSet;
+mod gateway;
+mod limits;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
-use keel_core::{Pricing, TenantId, UserId};
-use keel_gateway::{
-    BreakerConfig, DeploymentConfig, GatewayConfig, ModelConfig, ModelKind, ProviderConfig,
-    ProviderKind, RetryPolicy, Timeouts,
-};
-use keel_server::limiting::LimitsSetup;
+use keel_core::{TenantId, UserId};
 use keel_server::{AppConfig, ServerSettings};
+
+use self::gateway::{RawModel, RawProvider, check_gateway};
+use self::limits::{RawLimits, check_limits};
 use keel_store::{LedgerConfig, NewKey};
 use serde::Deserialize;
 
@@ -95,26 +93,6 @@ impl Default for RawStore {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct RawLimits {
-    default_max_tokens: u32,
-    lease_secs: u64,
-    redis_timeout_ms: u64,
-    rules: Vec<keel_limits::RuleSpec>,
-}
-
-impl Default for RawLimits {
-    fn default() -> Self {
-        RawLimits {
-            default_max_tokens: keel_server::limiting::DEFAULT_MAX_TOKENS,
-            lease_secs: 900,
-            redis_timeout_ms: 100,
-            rules: Vec::new(),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
 struct RawLedger {
     capacity: usize,
     max_batch: usize,
@@ -128,134 +106,6 @@ impl Default for RawLedger {
             capacity: d.capacity,
             max_batch: d.max_batch,
             flush_interval_ms: d.flush_interval.as_millis() as u64,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawProvider {
-    name: String,
-    #[serde(default = "default_kind")]
-    kind: String,
-    base_url: String,
-    #[serde(default)]
-    api_key_env: Option<String>,
-    #[serde(default = "default_connect_ms")]
-    connect_timeout_ms: u64,
-    #[serde(default = "default_idle")]
-    max_idle_per_host: usize,
-}
-
-fn default_kind() -> String {
-    "openai".into()
-}
-fn default_connect_ms() -> u64 {
-    5_000
-}
-fn default_idle() -> usize {
-    256
-}
-fn default_one() -> u32 {
-    1
-}
-fn default_chat() -> String {
-    "chat".into()
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawModel {
-    name: String,
-    #[serde(default = "default_chat")]
-    kind: String,
-    #[serde(default)]
-    fallbacks: Vec<String>,
-    deployments: Vec<RawDeployment>,
-    #[serde(default)]
-    timeouts: RawTimeouts,
-    #[serde(default)]
-    retry: RawRetry,
-    #[serde(default)]
-    breaker: RawBreaker,
-    #[serde(default)]
-    tokenizer: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDeployment {
-    #[serde(default)]
-    name: Option<String>,
-    provider: String,
-    model: String,
-    #[serde(default)]
-    priority: u32,
-    #[serde(default = "default_one")]
-    weight: u32,
-    #[serde(default)]
-    input_per_mtok: f64,
-    #[serde(default)]
-    output_per_mtok: f64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawTimeouts {
-    first_byte_ms: u64,
-    total_ms: u64,
-    stream_idle_ms: u64,
-}
-
-impl Default for RawTimeouts {
-    fn default() -> Self {
-        let d = Timeouts::default();
-        RawTimeouts {
-            first_byte_ms: d.first_byte.as_millis() as u64,
-            total_ms: d.total.as_millis() as u64,
-            stream_idle_ms: d.stream_idle.as_millis() as u64,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawRetry {
-    max_attempts: u32,
-    initial_backoff_ms: u64,
-    max_backoff_ms: u64,
-    max_retry_after_ms: u64,
-}
-
-impl Default for RawRetry {
-    fn default() -> Self {
-        let d = RetryPolicy::default();
-        RawRetry {
-            max_attempts: d.max_attempts,
-            initial_backoff_ms: d.initial_backoff.as_millis() as u64,
-            max_backoff_ms: d.max_backoff.as_millis() as u64,
-            max_retry_after_ms: d.max_retry_after.as_millis() as u64,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawBreaker {
-    failure_threshold: u32,
-    open_ms: u64,
-    half_open_probes: u32,
-    success_threshold: u32,
-}
-
-impl Default for RawBreaker {
-    fn default() -> Self {
-        let d = BreakerConfig::default();
-        RawBreaker {
-            failure_threshold: d.failure_threshold,
-            open_ms: d.open_for.as_millis() as u64,
-            half_open_probes: d.half_open_probes,
-            success_threshold: d.success_threshold,
         }
     }
 }
@@ -379,81 +229,6 @@ pub fn check(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Re
     })
 }
 
-fn check_limits(
-    store: &RawStore,
-    raw: &RawLimits,
-    models: &[RawModel],
-) -> anyhow::Result<LimitsSetup> {
-    if raw.default_max_tokens == 0 {
-        bail!("key `limits.default_max_tokens`: must be at least 1");
-    }
-    if !(1..=86_400).contains(&raw.lease_secs) {
-        bail!(
-            "key `limits.lease_secs`: must be 1 to 86400 seconds, got {}",
-            raw.lease_secs
-        );
-    }
-    if !(1..=60_000).contains(&raw.redis_timeout_ms) {
-        bail!(
-            "key `limits.redis_timeout_ms`: must be 1 to 60000, got {}",
-            raw.redis_timeout_ms
-        );
-    }
-    let mut rules = Vec::with_capacity(raw.rules.len());
-    let mut ids = HashSet::new();
-    for (i, spec) in raw.rules.iter().enumerate() {
-        let rule = spec
-            .check()
-            .map_err(|e| anyhow::anyhow!("key `limits.rules[{i}].{}`: {}", e.field, e.message))?;
-        if !ids.insert(rule.id.clone()) {
-            bail!(
-                "key `limits.rules[{i}].id`: {:?} is used by another rule",
-                rule.id
-            );
-        }
-        rules.push(rule);
-    }
-    let redis = match &store.redis_url {
-        Some(url) if !(url.starts_with("redis://") || url.starts_with("rediss://")) => bail!(
-            "key `store.redis_url`: {:?} must start with redis:// or rediss://",
-            redact_url(url)
-        ),
-        Some(url) => {
-            if store.redis_prefix.is_empty() || store.redis_prefix.contains(char::is_whitespace) {
-                bail!("key `store.redis_prefix`: must be non-empty without spaces");
-            }
-            Some(keel_limits::RedisSettings {
-                url: url.clone(),
-                prefix: store.redis_prefix.clone(),
-                timeout: Duration::from_millis(raw.redis_timeout_ms),
-            })
-        }
-        None => None,
-    };
-    let mut tokenizers = std::collections::HashMap::new();
-    for (i, m) in models.iter().enumerate() {
-        if let Some(name) = &m.tokenizer {
-            let tokenizer = keel_limits::Tokenizer::parse(name).with_context(|| {
-                format!(
-                    "key `models[{i}].tokenizer`: unknown tokenizer {name:?}; \
-                     use o200k_base, cl100k_base or estimate"
-                )
-            })?;
-            tokenizers.insert(m.name.clone(), tokenizer);
-        }
-    }
-    Ok(LimitsSetup {
-        config: keel_limits::LimitsConfig {
-            rules,
-            redis,
-            lease: Duration::from_secs(raw.lease_secs),
-            clock: keel_limits::Clock::system(),
-        },
-        default_max_tokens: raw.default_max_tokens,
-        tokenizers,
-    })
-}
-
 fn check_ledger(raw: &RawLedger) -> anyhow::Result<LedgerConfig> {
     if raw.capacity == 0 {
         bail!("key `ledger.capacity`: must be at least 1");
@@ -472,194 +247,6 @@ fn check_ledger(raw: &RawLedger) -> anyhow::Result<LedgerConfig> {
         capacity: raw.capacity,
         max_batch: raw.max_batch,
         flush_interval: Duration::from_millis(raw.flush_interval_ms),
-    })
-}
-
-fn check_gateway(
-    providers: &[RawProvider],
-    models: &[RawModel],
-    env: &dyn Fn(&str) -> Option<String>,
-) -> anyhow::Result<GatewayConfig> {
-    let mut out = GatewayConfig::default();
-    let mut kinds = std::collections::HashMap::new();
-    for (i, p) in providers.iter().enumerate() {
-        let at = format!("providers[{i}]");
-        let kind = match p.kind.as_str() {
-            "openai" => ProviderKind::OpenAi,
-            "anthropic" => ProviderKind::Anthropic,
-            other => bail!(
-                "key `{at}.kind`: unknown provider kind {other:?}; use \"openai\" or \"anthropic\""
-            ),
-        };
-        if p.name.is_empty() || kinds.insert(p.name.clone(), kind).is_some() {
-            bail!(
-                "key `{at}.name`: {:?} is empty or used twice; provider names must be unique",
-                p.name
-            );
-        }
-        if !(p.base_url.starts_with("http://") || p.base_url.starts_with("https://")) {
-            bail!(
-                "key `{at}.base_url`: {:?} must start with http:// or https://",
-                p.base_url
-            );
-        }
-        let api_key = match &p.api_key_env {
-            Some(var) => Some(env(var).with_context(|| {
-                format!("key `{at}.api_key_env`: environment variable {var} is not set")
-            })?),
-            None => None,
-        };
-        out.providers.push(ProviderConfig {
-            name: p.name.clone(),
-            kind,
-            base_url: p.base_url.clone(),
-            api_key,
-            connect_timeout: Duration::from_millis(p.connect_timeout_ms.max(1)),
-            max_idle_per_host: p.max_idle_per_host,
-        });
-    }
-
-    let names: HashSet<&str> = models.iter().map(|m| m.name.as_str()).collect();
-    let mut deployment_names = HashSet::new();
-    for (i, m) in models.iter().enumerate() {
-        let at = format!("models[{i}]");
-        if m.name.is_empty() {
-            bail!("key `{at}.name`: must not be empty");
-        }
-        if models.iter().filter(|o| o.name == m.name).count() > 1 {
-            bail!("key `{at}.name`: model {:?} is defined twice", m.name);
-        }
-        let kind = match m.kind.as_str() {
-            "chat" => ModelKind::Chat,
-            "embedding" => ModelKind::Embedding,
-            other => bail!(
-                "key `{at}.kind`: unknown model kind {other:?}; use \"chat\" or \"embedding\""
-            ),
-        };
-        if m.deployments.is_empty() {
-            bail!(
-                "key `{at}.deployments`: model {:?} needs at least one deployment",
-                m.name
-            );
-        }
-        for (j, f) in m.fallbacks.iter().enumerate() {
-            if !names.contains(f.as_str()) || f == &m.name {
-                bail!("key `{at}.fallbacks[{j}]`: {f:?} is not another configured model");
-            }
-        }
-        let mut deployments = Vec::new();
-        for (j, d) in m.deployments.iter().enumerate() {
-            let at = format!("{at}.deployments[{j}]");
-            let Some(provider_kind) = kinds.get(&d.provider) else {
-                let known: Vec<&String> = kinds.keys().collect();
-                bail!(
-                    "key `{at}.provider`: unknown provider {:?}; configured providers: {known:?}",
-                    d.provider
-                );
-            };
-            if kind == ModelKind::Embedding && *provider_kind == ProviderKind::Anthropic {
-                bail!("key `{at}.provider`: anthropic providers do not serve embeddings");
-            }
-            let name = d
-                .name
-                .clone()
-                .unwrap_or_else(|| format!("{}/{}", d.provider, d.model));
-            if !deployment_names.insert(name.clone()) {
-                bail!(
-                    "key `{at}.name`: deployment name {name:?} is used twice; give each a unique name"
-                );
-            }
-            if d.weight == 0 {
-                bail!("key `{at}.weight`: must be at least 1");
-            }
-            let pricing = Pricing::from_dollars_per_mtok(d.input_per_mtok, d.output_per_mtok)
-                .with_context(|| format!("key `{at}`: input_per_mtok and output_per_mtok must be non-negative dollars per million tokens"))?;
-            deployments.push(DeploymentConfig {
-                name: Arc::from(name),
-                provider: d.provider.clone(),
-                upstream_model: d.model.clone(),
-                priority: d.priority,
-                weight: d.weight,
-                pricing,
-            });
-        }
-        out.models.push(ModelConfig {
-            name: m.name.clone(),
-            kind,
-            deployments,
-            fallbacks: m.fallbacks.clone(),
-            timeouts: check_timeouts(&at, &m.timeouts)?,
-            retry: check_retry(&at, &m.retry)?,
-            breaker: check_breaker(&at, &m.breaker)?,
-        });
-    }
-    Ok(out)
-}
-
-fn check_timeouts(at: &str, t: &RawTimeouts) -> anyhow::Result<Timeouts> {
-    for (key, value) in [
-        ("first_byte_ms", t.first_byte_ms),
-        ("total_ms", t.total_ms),
-        ("stream_idle_ms", t.stream_idle_ms),
-    ] {
-        if value == 0 {
-            bail!("key `{at}.timeouts.{key}`: must be at least 1");
-        }
-    }
-    if t.first_byte_ms > t.total_ms {
-        bail!(
-            "key `{at}.timeouts.first_byte_ms`: {} exceeds total_ms {}",
-            t.first_byte_ms,
-            t.total_ms
-        );
-    }
-    Ok(Timeouts {
-        first_byte: Duration::from_millis(t.first_byte_ms),
-        total: Duration::from_millis(t.total_ms),
-        stream_idle: Duration::from_millis(t.stream_idle_ms),
-    })
-}
-
-fn check_retry(at: &str, r: &RawRetry) -> anyhow::Result<RetryPolicy> {
-    if !(1..=20).contains(&r.max_attempts) {
-        bail!(
-            "key `{at}.retry.max_attempts`: must be 1 to 20, got {}",
-            r.max_attempts
-        );
-    }
-    if r.initial_backoff_ms > r.max_backoff_ms {
-        bail!(
-            "key `{at}.retry.initial_backoff_ms`: {} exceeds max_backoff_ms {}",
-            r.initial_backoff_ms,
-            r.max_backoff_ms
-        );
-    }
-    Ok(RetryPolicy {
-        max_attempts: r.max_attempts,
-        initial_backoff: Duration::from_millis(r.initial_backoff_ms),
-        max_backoff: Duration::from_millis(r.max_backoff_ms),
-        max_retry_after: Duration::from_millis(r.max_retry_after_ms),
-    })
-}
-
-fn check_breaker(at: &str, b: &RawBreaker) -> anyhow::Result<BreakerConfig> {
-    for (key, value) in [
-        ("failure_threshold", b.failure_threshold),
-        ("half_open_probes", b.half_open_probes),
-        ("success_threshold", b.success_threshold),
-    ] {
-        if value == 0 {
-            bail!("key `{at}.breaker.{key}`: must be at least 1");
-        }
-    }
-    if b.open_ms == 0 {
-        bail!("key `{at}.breaker.open_ms`: must be at least 1");
-    }
-    Ok(BreakerConfig {
-        failure_threshold: b.failure_threshold,
-        open_for: Duration::from_millis(b.open_ms),
-        half_open_probes: b.half_open_probes,
-        success_threshold: b.success_threshold,
     })
 }
 
