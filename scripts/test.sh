@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting and lints, every Rust test (the store
-# suites run against both SQLite and PostgreSQL), then the end-to-end suite,
+# suites run against both SQLite and PostgreSQL, the limits suites against
+# Redis, the local embedder against reference vectors, so the model is
+# fetched first), then the end-to-end suite,
 # which drives a real `keel serve` and `keel sim` with the official `openai`
 # Python client. Everything it needs is installed on the way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/services.sh
+scripts/model.sh
 
 echo "== format and lints"
 cargo fmt --all --check
