@@ -126,6 +126,13 @@ struct StreamLimit {
     /// The most tokens one chunk has carried: what the hold must still
     /// cover before the next chunk arrives.
     largest_chunk: u64,
+    /// Whether the answer is complete (a finish reason or the usage chunk
+    /// arrived): no more tokens will come, so none need covering.
+    complete: bool,
+    /// Text after the last whitespace, not counted yet. Counting at word
+    /// boundaries matches how BPE splits text (" word" is one token); chunks
+    /// counted one by one would count "word " as two.
+    pending: String,
 }
 
 /// Completion tokens a stream's hold grows by beyond what it already used,
@@ -147,6 +154,8 @@ impl Tally {
             tokenizer: l.model.tokenizer,
             completion_tokens: 0,
             largest_chunk: 1,
+            complete: false,
+            pending: String::new(),
         });
         Tally {
             state,
@@ -172,8 +181,12 @@ impl Tally {
                     self.ttft = Some(self.ctx.started.elapsed());
                 }
                 self.text.push_str(content);
-                if let Some(limit) = self.limit.as_ref().filter(|l| l.counting) {
-                    tokens += limit.tokenizer.count(content);
+                if let Some(limit) = self.limit.as_mut().filter(|l| l.counting) {
+                    limit.pending.push_str(content);
+                    if let Some(cut) = limit.pending.rfind(char::is_whitespace).filter(|&c| c > 0) {
+                        let words: String = limit.pending.drain(..cut).collect();
+                        tokens += limit.tokenizer.count(&words);
+                    }
                 }
             }
             if let (Some(calls), Some(limit)) = (
@@ -188,6 +201,8 @@ impl Tally {
         if let Some(limit) = &mut self.limit {
             limit.completion_tokens += tokens;
             limit.largest_chunk = limit.largest_chunk.max(tokens);
+            limit.complete |=
+                chunk.usage.is_some() || chunk.choices.iter().any(|c| c.finish_reason.is_some());
         }
     }
 
@@ -201,11 +216,12 @@ impl Tally {
         let Some(admission) = &mut limit.admission else {
             return Ok(());
         };
-        if !admission.has_budget() {
+        if !admission.has_budget() || limit.complete {
             return Ok(());
         }
         let pricing = self.served.pricing;
-        let ahead = limit.completion_tokens + limit.largest_chunk;
+        let tail = limit.tokenizer.count(&limit.pending);
+        let ahead = limit.completion_tokens + tail + limit.largest_chunk;
         let running = pricing.cost(limit.prompt_tokens, ahead);
         let held = admission.held().cost;
         if running <= held {
@@ -234,11 +250,10 @@ impl Tally {
     fn outcome(&self, error: Option<ErrorCode>, status: u16) -> Outcome {
         // Without the upstream's count (a stream that was cut or failed),
         // the model's tokenizer counts better than an estimate.
-        let counted = self
-            .limit
-            .as_ref()
-            .filter(|l| l.counting)
-            .map(|l| (l.prompt_tokens, l.completion_tokens));
+        let counted = self.limit.as_ref().filter(|l| l.counting).map(|l| {
+            let tail = l.tokenizer.count(&l.pending);
+            (l.prompt_tokens, l.completion_tokens + tail)
+        });
         let (prompt_tokens, completion_tokens) = self
             .usage
             .or(counted)

@@ -247,6 +247,37 @@ async fn a_stream_that_would_pass_its_cap_is_cut_with_an_error_event() {
 }
 
 #[tokio::test]
+async fn a_stream_that_outgrows_its_first_hold_extends_it_and_ends_cleanly() {
+    // keel counts the sim's answer with o200k, which finds a few more
+    // tokens than the 50 the sim produced (its `sim:` tag splits into
+    // several), so the stream passes its 1,000 µ$ hold and extends it into
+    // the 300 µ$ of slack; then it ends with [DONE].
+    let sim = SimConfig {
+        completion_tokens: 100,
+        ..SimConfig::default()
+    };
+    let h = start(
+        sim,
+        &[r#"{"id":"b","scope":"tenant=t1","budget_usd":0.0013,"period":"day"}"#],
+        4_096,
+    )
+    .await;
+    let response = h
+        .chat(&ask(Some(50), true))
+        .header("x-keel-session", "extend")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    assert!(!text.contains("budget_exceeded"), "{text}");
+    h.app.shutdown().await;
+    let (spent, _) = spent(&h.store_url, "extend").await;
+    assert!(spent <= 1_300, "spent {spent}");
+}
+
+#[tokio::test]
 async fn rules_and_blocks_change_at_runtime_through_the_admin_api() {
     let h = start(
         SimConfig::default(),
