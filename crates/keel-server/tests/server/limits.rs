@@ -42,6 +42,19 @@ impl Running {
             .json(body)
     }
 
+    /// The whole body of a streamed chat request (which must start with a
+    /// 200) in `session`.
+    async fn stream_text(&self, max_tokens: u32, session: &str) -> String {
+        let response = self
+            .chat(&ask(Some(max_tokens), true))
+            .header("x-keel-session", session)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
+    }
+
     /// The status of a small chat request.
     async fn small_chat(&self) -> u16 {
         let response = self.chat(&ask(Some(5), false)).send().await.unwrap();
@@ -228,14 +241,7 @@ async fn a_stream_that_would_pass_its_cap_is_cut_with_an_error_event() {
         4_096,
     )
     .await;
-    let response = h
-        .chat(&ask(Some(50), true))
-        .header("x-keel-session", "cut")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let text = response.text().await.unwrap();
+    let text = h.stream_text(50, "cut").await;
     assert!(!text.contains("[DONE]"), "a cut stream never ends cleanly");
     let last = text.lines().rfind(|l| l.starts_with("data: ")).unwrap();
     let event: Value = serde_json::from_str(&last["data: ".len()..]).unwrap();
@@ -262,14 +268,7 @@ async fn a_stream_that_outgrows_its_first_hold_extends_it_and_ends_cleanly() {
         4_096,
     )
     .await;
-    let response = h
-        .chat(&ask(Some(50), true))
-        .header("x-keel-session", "extend")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let text = response.text().await.unwrap();
+    let text = h.stream_text(50, "extend").await;
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
     assert!(!text.contains("budget_exceeded"), "{text}");
     h.app.shutdown().await;
