@@ -34,6 +34,16 @@ async fn start(sim: SimConfig, rules: &[&str], default_max: u32) -> Running {
     .await
 }
 
+/// keel with one budget `rule` and the default completion hold, over a
+/// simulator that answers 100 tokens (capped by each request's max_tokens).
+async fn with_budget(rule: &str) -> Running {
+    let sim = SimConfig {
+        completion_tokens: 100,
+        ..SimConfig::default()
+    };
+    start(sim, &[rule], 4_096).await
+}
+
 impl Running {
     fn chat(&self, body: &Value) -> reqwest::RequestBuilder {
         self.client
@@ -102,16 +112,8 @@ fn ask(max_tokens: Option<u32>, stream: bool) -> Value {
 async fn racing_requests_get_exactly_what_the_budget_fits() {
     // Each call answers exactly its max_tokens (50) at 20 µ$ a token: 1,000
     // µ$ worst case and real cost alike. A $0.01 budget fits ten.
-    let sim = SimConfig {
-        completion_tokens: 100,
-        ..SimConfig::default()
-    };
-    let h = start(
-        sim,
-        &[r#"{"id":"daily","scope":"tenant=t1","budget_usd":0.01,"period":"day"}"#],
-        4_096,
-    )
-    .await;
+    let h =
+        with_budget(r#"{"id":"daily","scope":"tenant=t1","budget_usd":0.01,"period":"day"}"#).await;
     let tasks: Vec<_> = (0..200)
         .map(|_| {
             let request = h
@@ -258,16 +260,8 @@ async fn a_stream_that_outgrows_its_first_hold_extends_it_and_ends_cleanly() {
     // tokens than the 50 the sim produced (its `sim:` tag splits into
     // several), so the stream passes its 1,000 µ$ hold and extends it into
     // the 300 µ$ of slack; then it ends with [DONE].
-    let sim = SimConfig {
-        completion_tokens: 100,
-        ..SimConfig::default()
-    };
-    let h = start(
-        sim,
-        &[r#"{"id":"b","scope":"tenant=t1","budget_usd":0.0013,"period":"day"}"#],
-        4_096,
-    )
-    .await;
+    let h =
+        with_budget(r#"{"id":"b","scope":"tenant=t1","budget_usd":0.0013,"period":"day"}"#).await;
     let text = h.stream_text(50, "extend").await;
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
     assert!(!text.contains("budget_exceeded"), "{text}");
@@ -409,15 +403,9 @@ async fn rules_and_blocks_change_at_runtime_through_the_admin_api() {
 
 #[tokio::test]
 async fn threshold_events_and_accounts_are_visible_to_admins() {
-    let sim = SimConfig {
-        completion_tokens: 100,
-        ..SimConfig::default()
-    };
     // Each call costs 1,000 µ$ of a 2,000 µ$ budget: the first crosses 50 %.
-    let h = start(
-        sim,
-        &[r#"{"id":"b","scope":"tenant=t1","budget_usd":0.002,"period":"month","thresholds":[50,100]}"#],
-        4_096,
+    let h = with_budget(
+        r#"{"id":"b","scope":"tenant=t1","budget_usd":0.002,"period":"month","thresholds":[50,100]}"#,
     )
     .await;
     assert_eq!(
