@@ -70,6 +70,10 @@ impl Embedder for Batcher {
         self.inner.dimension()
     }
 
+    fn count_tokens(&self, texts: &[String]) -> u64 {
+        self.inner.count_tokens(texts)
+    }
+
     fn embed<'a>(&'a self, texts: &'a [String]) -> EmbedFuture<'a> {
         Box::pin(async move {
             let (reply, answer) = oneshot::channel();

@@ -36,6 +36,14 @@ pub trait Embedder: Send + Sync + std::fmt::Debug {
     fn dimension(&self) -> usize;
     /// Embeds `texts`, returning one vector per text in the same order.
     fn embed<'a>(&'a self, texts: &'a [String]) -> EmbedFuture<'a>;
+    /// Tokens the texts count as, for usage and rate limits; by default an
+    /// estimate of four characters per token.
+    fn count_tokens(&self, texts: &[String]) -> u64 {
+        texts
+            .iter()
+            .map(|t| (t.chars().count() as u64).div_ceil(4))
+            .sum()
+    }
 }
 
 /// Why embedding failed.

@@ -170,4 +170,19 @@ impl Embedder for LocalEmbedder {
                 .map_err(|e| EmbedError::Model(format!("embedding task failed: {e}")))?
         })
     }
+
+    /// The model's own tokenizer count (truncated at [`MAX_TOKENS`], as
+    /// the model reads them).
+    fn count_tokens(&self, texts: &[String]) -> u64 {
+        texts
+            .iter()
+            .map(|t| {
+                self.model
+                    .tokenizer
+                    .encode(t.as_str(), true)
+                    .map_or_else(|_| t.len().div_ceil(4), |e| e.get_ids().len())
+                    as u64
+            })
+            .sum()
+    }
 }

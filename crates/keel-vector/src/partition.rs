@@ -1,0 +1,509 @@
+//! One partition: an HNSW graph (usearch) beside the points it indexes.
+//!
+//! Points live in an arena: a slot per internal key (`u32`), the vectors in
+//! one contiguous `Vec<f32>`, and payload indexes over the keys. The graph
+//! holds the same vectors under the same keys. An update takes a fresh key
+//! and retires the old one, so a query never sees a half-written point.
+//!
+//! Search follows the plan the filter's exact cardinality suggests
+//! ([`Planner`]): few candidates are compared one by one with the query,
+//! more are found by a filtered graph walk, and a walk that comes back
+//! short (a sparse filter can cut the graph apart) is finished exactly, so
+//! a query returns `k` answers whenever `k` points match.
+
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::RwLock;
+
+use roaring::RoaringBitmap;
+use serde_json::{Map, Value};
+use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
+
+use crate::error::{Result, VectorError};
+use crate::filter::Filter;
+use crate::payload::{IndexValue, PayloadIndex};
+use crate::point::{Point, Strategy};
+use crate::spec::{HnswParams, Metric};
+
+/// Concurrent calls usearch is prepared for: callers hold one of
+/// [`PERMITS`] each, and an insert may fan out to [`ADD_THREADS`].
+pub const INDEX_THREADS: usize = PERMITS * ADD_THREADS;
+
+/// Index calls in flight at once.
+pub const PERMITS: usize = 16;
+
+/// Threads one large insert may use.
+const ADD_THREADS: usize = 4;
+
+/// When to compare candidates one by one instead of walking the graph.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Planner {
+    /// Search exactly when at most this many points match.
+    pub exact_max: u64,
+    /// Search exactly when the filter keeps less than this fraction of the
+    /// partition: a walk through a graph that is mostly filtered out visits
+    /// many nodes per answer.
+    pub exact_below_fraction: f64,
+}
+
+impl Default for Planner {
+    /// Set from `bench/vector_search.sh` on 100k × 384 (bench/RESULTS.md).
+    fn default() -> Self {
+        Planner {
+            exact_max: 4096,
+            exact_below_fraction: 0.03,
+        }
+    }
+}
+
+impl Planner {
+    fn exact(&self, matching: u64, total: u64) -> bool {
+        matching <= self.exact_max || (matching as f64) < self.exact_below_fraction * total as f64
+    }
+}
+
+/// A search's answers as `(point, distance)`, closest first, with the
+/// strategy used and the number of candidates.
+pub(crate) type Found = (Vec<(Point, f32)>, Strategy, u64);
+
+/// A point's stored parts.
+#[derive(Debug)]
+struct Slot {
+    id: String,
+    payload: Map<String, Value>,
+    extracted: Vec<(String, Vec<IndexValue>)>,
+}
+
+/// The points of a partition.
+#[derive(Debug, Default)]
+pub(crate) struct Points {
+    vectors: Vec<f32>,
+    slots: Vec<Option<Slot>>,
+    ids: HashMap<String, u32>,
+    live: RoaringBitmap,
+    index: PayloadIndex,
+}
+
+/// A point checked and ready to store.
+#[derive(Debug, Clone)]
+pub(crate) struct Prepared {
+    pub point: Point,
+    pub extracted: Vec<(String, Vec<IndexValue>)>,
+}
+
+/// One partition of a collection.
+pub(crate) struct Partition {
+    dimension: usize,
+    metric: Metric,
+    graph: RwLock<Index>,
+    points: RwLock<Points>,
+}
+
+impl std::fmt::Debug for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Partition")
+            .field("dimension", &self.dimension)
+            .field("metric", &self.metric)
+            .finish_non_exhaustive()
+    }
+}
+
+fn index_error(e: impl std::fmt::Display) -> VectorError {
+    VectorError::Index(e.to_string())
+}
+
+/// Takes a lock whose holder may have panicked; the data stays consistent
+/// because every writer finishes its own changes before releasing.
+macro_rules! lock {
+    ($l:expr, read) => {
+        $l.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    ($l:expr, write) => {
+        $l.write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    ($l:expr, lock) => {
+        $l.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+}
+pub(crate) use lock;
+
+/// Builds an empty usearch index.
+pub(crate) fn new_graph(dimension: usize, metric: Metric, hnsw: HnswParams) -> Result<Index> {
+    let options = IndexOptions {
+        dimensions: dimension,
+        metric: match metric {
+            Metric::Cosine | Metric::Dot => MetricKind::IP,
+            Metric::L2 => MetricKind::L2sq,
+        },
+        quantization: ScalarKind::F32,
+        connectivity: hnsw.m,
+        expansion_add: hnsw.ef_construction,
+        expansion_search: hnsw.ef_search,
+        multi: false,
+    };
+    let graph = Index::new(&options).map_err(index_error)?;
+    graph
+        .reserve_capacity_and_threads(1024, INDEX_THREADS)
+        .map_err(index_error)?;
+    Ok(graph)
+}
+
+impl Partition {
+    /// An empty partition.
+    pub fn new(dimension: usize, metric: Metric, hnsw: HnswParams) -> Result<Partition> {
+        Ok(Partition {
+            dimension,
+            metric,
+            graph: RwLock::new(new_graph(dimension, metric, hnsw)?),
+            points: RwLock::new(Points::default()),
+        })
+    }
+
+    /// A partition rebuilt from a snapshot: the graph as saved, and the
+    /// arena in key order (`None` for retired keys).
+    pub fn restore(
+        dimension: usize,
+        metric: Metric,
+        graph: Index,
+        slots: Vec<Option<Prepared>>,
+        vectors: Vec<f32>,
+    ) -> Partition {
+        let mut points = Points {
+            vectors,
+            ..Points::default()
+        };
+        for (key, slot) in slots.into_iter().enumerate() {
+            let key = key as u32;
+            match slot {
+                Some(p) => {
+                    points.index.insert(key, &p.extracted);
+                    points.ids.insert(p.point.id.clone(), key);
+                    points.live.insert(key);
+                    points.slots.push(Some(Slot {
+                        id: p.point.id,
+                        payload: p.point.payload,
+                        extracted: p.extracted,
+                    }));
+                }
+                None => points.slots.push(None),
+            }
+        }
+        Partition {
+            dimension,
+            metric,
+            graph: RwLock::new(graph),
+            points: RwLock::new(points),
+        }
+    }
+
+    /// Live points.
+    pub fn len(&self) -> u64 {
+        lock!(self.points, read).live.len()
+    }
+
+    /// Stores points, replacing those with the same ids. The caller
+    /// serializes writers.
+    pub fn upsert(&self, batch: Vec<Prepared>) -> Result<()> {
+        let (added, retired) = {
+            let mut points = lock!(self.points, write);
+            let mut added = Vec::with_capacity(batch.len());
+            let mut retired = Vec::new();
+            for p in batch {
+                if let Some(old) = points.ids.get(&p.point.id).copied() {
+                    points.retire(old);
+                    retired.push(old);
+                }
+                let key = points.slots.len() as u32;
+                points.vectors.extend_from_slice(&p.point.vector);
+                points.index.insert(key, &p.extracted);
+                points.ids.insert(p.point.id.clone(), key);
+                points.live.insert(key);
+                points.slots.push(Some(Slot {
+                    id: p.point.id,
+                    payload: p.point.payload,
+                    extracted: p.extracted,
+                }));
+                added.push(key);
+            }
+            (added, retired)
+        };
+        self.reserve(added.len())?;
+
+        let graph = lock!(self.graph, read);
+        for key in retired {
+            graph.remove(u64::from(key)).map_err(index_error)?;
+        }
+        let points = lock!(self.points, read);
+        // A key retired by a later point of the same batch is skipped.
+        let added: Vec<u32> = added
+            .into_iter()
+            .filter(|k| points.live.contains(*k))
+            .collect();
+        let add = |keys: &[u32]| -> Result<()> {
+            for key in keys {
+                graph
+                    .add(u64::from(*key), points.vector(*key, self.dimension))
+                    .map_err(index_error)?;
+            }
+            Ok(())
+        };
+        // usearch inserts concurrently; a large batch uses every core.
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(ADD_THREADS);
+        if added.len() < 256 || workers < 2 {
+            return add(&added);
+        }
+        let share = added.len().div_ceil(workers);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = added
+                .chunks(share)
+                .map(|keys| scope.spawn(|| add(keys)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(VectorError::Index("an insert thread panicked".into()))
+                    })
+                })
+                .collect::<Result<Vec<()>>>()
+        })?;
+        Ok(())
+    }
+
+    /// Removes points by id; returns how many existed.
+    pub fn delete(&self, ids: &[String]) -> Result<usize> {
+        let retired: Vec<u32> = {
+            let mut points = lock!(self.points, write);
+            let keys: Vec<u32> = ids
+                .iter()
+                .filter_map(|id| points.ids.get(id).copied())
+                .collect();
+            keys.iter().for_each(|k| points.retire(*k));
+            keys
+        };
+        let graph = lock!(self.graph, read);
+        for key in &retired {
+            graph.remove(u64::from(*key)).map_err(index_error)?;
+        }
+        Ok(retired.len())
+    }
+
+    /// The stored points with these ids (missing ids are skipped).
+    pub fn get(&self, ids: &[String], with_vector: bool) -> Vec<Point> {
+        let points = lock!(self.points, read);
+        ids.iter()
+            .filter_map(|id| {
+                points
+                    .ids
+                    .get(id)
+                    .map(|k| points.point(*k, self.dimension, with_vector))
+            })
+            .collect()
+    }
+
+    /// How many points the filter keeps.
+    pub fn count(&self, filter: Option<&Filter>) -> u64 {
+        let points = lock!(self.points, read);
+        match filter {
+            Some(f) => f.resolve(&points.index, &points.live).len(),
+            None => points.live.len(),
+        }
+    }
+
+    /// The `k` closest points the filter keeps, as `(key, distance)`
+    /// closest first, with the strategy used and the candidate count.
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: Option<&Filter>,
+        planner: &Planner,
+    ) -> Result<Found> {
+        let points = lock!(self.points, read);
+        let total = points.live.len();
+        let candidates = match filter {
+            Some(f) => f.resolve(&points.index, &points.live),
+            None => points.live.clone(),
+        };
+        let matching = candidates.len();
+        let wanted = (k as u64).min(matching) as usize;
+        if wanted == 0 {
+            return Ok((Vec::new(), Strategy::Empty, matching));
+        }
+
+        let (mut hits, strategy) = if filter.is_some() && planner.exact(matching, total) {
+            (self.exact(&points, query, k, &candidates), Strategy::Exact)
+        } else {
+            let graph = lock!(self.graph, read);
+            let found = if filter.is_some() {
+                graph.filtered_search(query, k, |key| candidates.contains(key as u32))
+            } else {
+                graph.search(query, k)
+            }
+            .map_err(index_error)?;
+            let hits: Vec<(u32, f32)> = found
+                .keys
+                .iter()
+                .zip(&found.distances)
+                .map(|(key, d)| (*key as u32, *d))
+                .filter(|(key, _)| candidates.contains(*key))
+                .collect();
+            let strategy = if filter.is_some() {
+                Strategy::FilteredGraph
+            } else {
+                Strategy::Graph
+            };
+            (hits, strategy)
+        };
+        // A walk that came back short falls back to the exact answer.
+        if hits.len() < wanted {
+            hits = self.exact(&points, query, k, &candidates);
+        }
+
+        let answers = hits
+            .into_iter()
+            .map(|(key, d)| (points.point(key, self.dimension, false), d))
+            .collect();
+        Ok((answers, strategy, matching))
+    }
+
+    /// Compares every candidate with the query.
+    fn exact(
+        &self,
+        points: &Points,
+        query: &[f32],
+        k: usize,
+        candidates: &RoaringBitmap,
+    ) -> Vec<(u32, f32)> {
+        // A max-heap of the k best so far, worst on top.
+        let mut heap: BinaryHeap<(Ordered, u32)> = BinaryHeap::with_capacity(k + 1);
+        for key in candidates {
+            let d = distance(self.metric, query, points.vector(key, self.dimension));
+            if heap.len() < k {
+                heap.push((Ordered(d), key));
+            } else if heap.peek().is_some_and(|(worst, _)| d < worst.0) {
+                heap.pop();
+                heap.push((Ordered(d), key));
+            }
+        }
+        let mut out: Vec<(u32, f32)> = heap.into_iter().map(|(d, key)| (key, d.0)).collect();
+        out.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+        out
+    }
+
+    /// Grows the graph ahead of `more` additions; growing needs the graph
+    /// to itself.
+    fn reserve(&self, more: usize) -> Result<()> {
+        let needed = lock!(self.graph, read).size() + more;
+        if needed <= lock!(self.graph, read).capacity() {
+            return Ok(());
+        }
+        let graph = lock!(self.graph, write);
+        let capacity = graph.capacity().max(1024);
+        let target = needed.max(capacity.saturating_mul(2));
+        graph
+            .reserve_capacity_and_threads(target, INDEX_THREADS)
+            .map_err(index_error)
+    }
+
+    /// Runs `f` over the graph and the arena, for snapshots.
+    pub fn with_parts<T>(&self, f: impl FnOnce(&Index, &Points) -> T) -> T {
+        let graph = lock!(self.graph, read);
+        let points = lock!(self.points, read);
+        f(&graph, &points)
+    }
+}
+
+impl Points {
+    fn retire(&mut self, key: u32) {
+        if let Some(slot) = self.slots.get_mut(key as usize).and_then(Option::take) {
+            self.index.remove(key, &slot.extracted);
+            self.ids.remove(&slot.id);
+        }
+        self.live.remove(key);
+    }
+
+    fn vector(&self, key: u32, dimension: usize) -> &[f32] {
+        let start = key as usize * dimension;
+        &self.vectors[start..start + dimension]
+    }
+
+    fn point(&self, key: u32, dimension: usize, with_vector: bool) -> Point {
+        let slot = self.slots.get(key as usize).and_then(Option::as_ref);
+        Point {
+            id: slot.map(|s| s.id.clone()).unwrap_or_default(),
+            vector: if with_vector {
+                self.vector(key, dimension).to_vec()
+            } else {
+                Vec::new()
+            },
+            payload: slot.map(|s| s.payload.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// The arena for a snapshot: slot count, vectors, and for each slot its
+    /// id and payload (`None` when retired).
+    pub fn slots(&self) -> impl Iterator<Item = Option<(&str, &Map<String, Value>)>> {
+        self.slots
+            .iter()
+            .map(|s| s.as_ref().map(|s| (s.id.as_str(), &s.payload)))
+    }
+
+    /// The vector arena.
+    pub fn vectors(&self) -> &[f32] {
+        &self.vectors
+    }
+}
+
+/// The distance usearch would report: `1 - dot` for cosine and dot,
+/// squared euclidean for l2.
+pub(crate) fn distance(metric: Metric, a: &[f32], b: &[f32]) -> f32 {
+    match metric {
+        Metric::Cosine | Metric::Dot => 1.0 - dot(a, b),
+        Metric::L2 => a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum(),
+    }
+}
+
+/// A dot product the compiler vectorizes: eight independent sums.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks = a.len() / 8 * 8;
+    for (ca, cb) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += ca[i] * cb[i];
+        }
+    }
+    let tail: f32 = a[chunks..]
+        .iter()
+        .zip(&b[chunks..])
+        .map(|(x, y)| x * y)
+        .sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// The score a client sees for a distance.
+pub(crate) fn score(metric: Metric, distance: f32) -> f32 {
+    match metric {
+        Metric::Cosine | Metric::Dot => 1.0 - distance,
+        Metric::L2 => distance.max(0.0).sqrt(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Ordered(f32);
+
+impl Eq for Ordered {}
+
+impl PartialOrd for Ordered {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Ordered {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
