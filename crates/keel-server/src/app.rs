@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::limiting::{LimitsSetup, RequestLimits};
+use crate::retrieval::{Retrieval, RetrievalError, RetrievalSetup};
 use crate::{AppState, KeyTable, ServerSettings};
 
 /// Everything needed to start keel.
@@ -39,6 +40,8 @@ pub struct AppConfig {
     pub shutdown_grace: Duration,
     /// Rate limits and budgets.
     pub limits: LimitsSetup,
+    /// Embedders and the vector store.
+    pub retrieval: RetrievalSetup,
 }
 
 /// Why keel could not start.
@@ -53,6 +56,9 @@ pub enum StartError {
     /// The limits could not be set up.
     #[error("limits: {0}")]
     Limits(#[from] keel_limits::LimitsError),
+    /// An embedder or the vector store could not start.
+    #[error("retrieval: {0}")]
+    Retrieval(#[from] RetrievalError),
     /// The listener's address could not be read.
     #[error("listener: {0}")]
     Listener(#[from] std::io::Error),
@@ -95,6 +101,7 @@ impl App {
             &config.limits.tokenizers,
             config.limits.default_max_tokens,
         );
+        let retrieval = Retrieval::start(config.retrieval, &gateway).await?;
         let (ledger, ledger_task) = Ledger::spawn(store.clone(), config.ledger);
         let keys = KeyTable::default();
         let loaded = keys.reload(&store).await?;
@@ -105,6 +112,7 @@ impl App {
             ledger,
             metrics,
             limits,
+            retrieval,
             settings: Arc::new(config.server),
         };
 
@@ -150,6 +158,10 @@ impl App {
             }
         }
         self.ledger_task.shutdown().await;
+        // The next start then loads graphs instead of replaying logs.
+        if let Err(e) = self.state.retrieval.vectors.snapshot_all().await {
+            tracing::warn!(error = %e, "Vector snapshot at shutdown failed; the next start replays the log");
+        }
         self.state.store.close().await;
         tracing::info!("Shutdown complete");
     }

@@ -88,6 +88,20 @@ impl From<GatewayError> for ApiError {
     }
 }
 
+impl From<keel_vector::VectorError> for ApiError {
+    fn from(e: keel_vector::VectorError) -> ApiError {
+        use keel_vector::VectorError as V;
+        match e {
+            V::Invalid { ref field, .. } | V::Dimension { ref field, .. } => {
+                ApiError::field(ErrorCode::InvalidRequest, &field.clone(), e.to_string())
+            }
+            V::NotFound { .. } => ApiError::field(ErrorCode::NotFound, "collection", e.to_string()),
+            V::AlreadyExists { .. } => ApiError::field(ErrorCode::Conflict, "name", e.to_string()),
+            other => ApiError::internal("use the vector store", &other),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self.code.class() {

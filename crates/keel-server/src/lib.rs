@@ -13,6 +13,7 @@ mod body;
 pub mod error;
 pub mod limiting;
 mod relay;
+pub mod retrieval;
 pub mod routes;
 pub mod state;
 mod unread_body;
@@ -27,6 +28,7 @@ use keel_core::ErrorCode;
 pub use app::{App, AppConfig, StartError};
 pub use auth::{Caller, KeyTable};
 pub use error::ApiError;
+pub use retrieval::{EmbedderKind, EmbedderSpec, RetrievalSetup};
 pub use state::{AppState, ServerSettings};
 
 /// Every route keel serves.
@@ -76,6 +78,38 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/embeddings", post(routes::embeddings::embeddings))
         .route("/v1/models", get(routes::models::list))
         .route("/v1/usage", get(routes::usage::trend))
+        .route(
+            "/v1/collections",
+            get(routes::collections::list).post(routes::collections::create),
+        )
+        .route(
+            "/v1/collections/{name}",
+            get(routes::collections::info).delete(routes::collections::delete_collection),
+        )
+        .route(
+            "/v1/collections/{name}/points",
+            post(routes::collections::upsert),
+        )
+        .route(
+            "/v1/collections/{name}/points/get",
+            post(routes::collections::get_points),
+        )
+        .route(
+            "/v1/collections/{name}/points/delete",
+            post(routes::collections::delete_points),
+        )
+        .route(
+            "/v1/collections/{name}/count",
+            post(routes::collections::count),
+        )
+        .route(
+            "/v1/collections/{name}/query",
+            post(routes::collections::query),
+        )
+        .route(
+            "/v1/collections/{name}/documents",
+            post(routes::collections::documents),
+        )
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(routes::health::metrics))

@@ -181,6 +181,23 @@ pub(crate) async fn admit_embeddings(
     admit(state, ctx, &request.model, charge).await.map(Some)
 }
 
+/// Admits a request keel serves itself at no cost (a local embedder):
+/// request and token limits apply.
+pub(crate) async fn admit_free(
+    state: &AppState,
+    ctx: &RequestContext,
+    model: &str,
+    tokens: u64,
+) -> Result<Option<Admission>, ApiError> {
+    let plan = state.limits.limits.plan(&attrs(ctx, model));
+    let tokens = if plan.counts_tokens { tokens } else { 0 };
+    let charge = Charge {
+        tokens,
+        cost: Cost::ZERO,
+    };
+    admit(state, ctx, model, charge).await.map(Some)
+}
+
 async fn admit(
     state: &AppState,
     ctx: &RequestContext,

@@ -9,6 +9,7 @@ use keel_telemetry::Metrics;
 
 use crate::auth::KeyTable;
 use crate::limiting::RequestLimits;
+use crate::retrieval::Retrieval;
 
 /// Settings of the HTTP surface.
 #[derive(Clone)]
@@ -55,6 +56,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Rate limits, budgets and blocks.
     pub limits: RequestLimits,
+    /// Embedders and the vector store.
+    pub retrieval: Retrieval,
     /// Server settings.
     pub settings: Arc<ServerSettings>,
 }

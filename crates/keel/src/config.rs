@@ -11,6 +11,7 @@
 
 mod gateway;
 mod limits;
+mod retrieval;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,7 @@ use keel_server::{AppConfig, ServerSettings};
 
 use self::gateway::{RawModel, RawProvider, check_gateway};
 use self::limits::{RawLimits, check_limits};
+use self::retrieval::{RawEmbedder, RawVectors, check_retrieval};
 use keel_store::{LedgerConfig, NewKey};
 use serde::Deserialize;
 
@@ -47,6 +49,10 @@ pub struct RawConfig {
     keys: Vec<RawKey>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    vectors: RawVectors,
+    #[serde(default)]
+    embedders: Vec<RawEmbedder>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -208,6 +214,7 @@ pub fn check(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Re
     let ledger = check_ledger(&raw.ledger)?;
     let gateway = check_gateway(&raw.providers, &raw.models, env)?;
     let limits = check_limits(&raw.store, &raw.limits, &raw.models)?;
+    let retrieval = check_retrieval(&data_dir, &raw.vectors, &raw.embedders, &raw.models)?;
     let (tenants, keys) = check_tenants_and_keys(&raw.tenants, &raw.keys, env)?;
     let server = ServerSettings {
         max_body_bytes: usize::try_from(raw.server.max_body_bytes).unwrap_or(usize::MAX),
@@ -225,6 +232,7 @@ pub fn check(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Re
             keys,
             shutdown_grace: Duration::from_millis(raw.server.shutdown_grace_ms),
             limits,
+            retrieval,
         },
     })
 }
@@ -329,9 +337,16 @@ pub fn summary(config: &Config) -> String {
         .redis
         .as_ref()
         .map_or_else(|| "none".to_owned(), |r| redact_url(&r.url));
+    let embedders: Vec<&str> = config
+        .app
+        .retrieval
+        .embedders
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
     format!(
         "listen={} store={} admin_api={} providers=[{}] models=[{}] tenants={} keys={} \
-         limits=[{}] redis={redis}",
+         limits=[{}] redis={redis} embedders=[{}] vectors={}",
         config.listen,
         redact_url(&config.app.store_url),
         if config.app.server.admin_token.is_some() {
@@ -344,6 +359,8 @@ pub fn summary(config: &Config) -> String {
         config.app.tenants.len(),
         config.app.keys.len(),
         rules.join(", "),
+        embedders.join(","),
+        config.app.retrieval.vectors_dir.display(),
     )
 }
 

@@ -103,6 +103,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let text = EXAMPLE.replace("http://127.0.0.1:9000/v1", &sim.base_url());
     let mut config = config::load_str(&text).context("examples/keel.toml is invalid")?;
     config.app.store_url = format!("sqlite://{}", data.path().join("keel.db").display());
+    config.app.retrieval.vectors_dir = data.path().join("vectors");
     config.app.server.admin_token = Some("demo-admin".into());
     for tenant in TENANTS {
         let id = TenantId::new(tenant)?;

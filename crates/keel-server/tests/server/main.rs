@@ -6,6 +6,7 @@
     reason = "test helpers fail the test on bad fixtures"
 )]
 
+mod collections;
 mod limits;
 mod requests;
 mod support;

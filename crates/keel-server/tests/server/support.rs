@@ -9,7 +9,7 @@ use keel_core::{Pricing, TenantId};
 use keel_gateway::{
     DeploymentConfig, GatewayConfig, ModelConfig, ModelKind, ProviderConfig, ProviderKind,
 };
-use keel_server::{App, AppConfig, ServerSettings};
+use keel_server::{App, AppConfig, RetrievalSetup, ServerSettings};
 use keel_sim::{SimConfig, SpawnedSim};
 use keel_store::{LedgerConfig, NewKey};
 
@@ -32,8 +32,8 @@ pub fn key(tenant: &TenantId, secret: &str) -> (NewKey, String) {
 
 /// The base config: model `m` on deployment `d` (upstream model
 /// `gpt-4o-mini`, $1 in / $2 out per million tokens), tenant t1 and
-/// [`KEY`], no limit rules.
-pub fn config(sim: &SpawnedSim, store_url: String) -> AppConfig {
+/// [`KEY`], no limit rules, no embedders, vectors under `vectors_dir`.
+pub fn config(sim: &SpawnedSim, store_url: String, vectors_dir: std::path::PathBuf) -> AppConfig {
     let provider = ProviderConfig {
         name: "sim".into(),
         kind: ProviderKind::OpenAi,
@@ -74,6 +74,7 @@ pub fn config(sim: &SpawnedSim, store_url: String) -> AppConfig {
         tenants: vec![(t1, "T1".into())],
         shutdown_grace: Duration::from_secs(10),
         limits: Default::default(),
+        retrieval: RetrievalSetup::new(vectors_dir),
     }
 }
 
@@ -95,7 +96,7 @@ pub async fn start(sim: SimConfig, adjust: impl FnOnce(&mut AppConfig)) -> Runni
     let sim = keel_sim::spawn(sim).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store_url = format!("sqlite://{}", dir.path().join("keel.db").display());
-    let mut config = config(&sim, store_url.clone());
+    let mut config = config(&sim, store_url.clone(), dir.path().join("vectors"));
     adjust(&mut config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let app = App::start(config, listener).await.unwrap();

@@ -1,0 +1,421 @@
+//! `/v1/collections…` and the local `/v1/embeddings` over HTTP: tenant
+//! isolation, text embedded by the collection's embedder, documents
+//! chunked with overlap, and every bad input as a 4xx naming the field.
+
+use std::path::PathBuf;
+
+use keel_core::TenantId;
+use keel_server::{EmbedderKind, EmbedderSpec};
+use keel_sim::SimConfig;
+use serde_json::{Value, json};
+
+use crate::support::{self, KEY, Running, key};
+
+/// t2's key.
+const OTHER: &str = "sk-keel-other-tenant";
+
+fn model_dir() -> PathBuf {
+    std::env::var_os("KEEL_MODEL_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.keel/models/all-MiniLM-L6-v2"),
+        PathBuf::from,
+    )
+}
+
+/// keel with a hashing embedder `hash` (64 dims), the local model `minilm`,
+/// and a second tenant t2.
+async fn start() -> Running {
+    support::start(SimConfig::default(), |c| {
+        let t2 = TenantId::new("t2").unwrap();
+        c.keys.push(key(&t2, OTHER));
+        c.tenants.push((t2, "T2".into()));
+        c.retrieval.fsync = false;
+        c.retrieval.embedders = vec![
+            EmbedderSpec {
+                name: "hash".into(),
+                kind: EmbedderKind::Hashing { dimension: 64 },
+                max_batch: 32,
+            },
+            EmbedderSpec {
+                name: "minilm".into(),
+                kind: EmbedderKind::Local {
+                    model_dir: model_dir(),
+                },
+                max_batch: 32,
+            },
+        ];
+    })
+    .await
+}
+
+async fn call(
+    r: &Running,
+    key: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let url = format!("{}{path}", r.app.base_url());
+    let request = match method {
+        "GET" => r.client.get(url),
+        "DELETE" => r.client.delete(url),
+        _ => r.client.post(url),
+    }
+    .bearer_auth(key);
+    let request = match body {
+        Some(b) => request.json(&b),
+        None => request,
+    };
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn create_docs(r: &Running) {
+    let spec = json!({"name": "docs", "embedder": "hash", "fields": {"lang": "keyword", "year": "integer"}});
+    let (status, body) = call(r, KEY, "POST", "/collections", Some(spec)).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["dimension"], 64, "the embedder fixes the dimension");
+    let points = json!({"points": [
+        {"id": "p1", "text": "how to reset a password", "payload": {"lang": "en", "year": 2023}},
+        {"id": "p2", "text": "invoice refund policy", "payload": {"lang": "en", "year": 2024}},
+        {"id": "p3", "text": "passwort zuruecksetzen", "payload": {"lang": "de", "year": 2024}},
+    ]});
+    let (status, body) = call(r, KEY, "POST", "/collections/docs/points", Some(points)).await;
+    assert_eq!((status, body), (200, json!({"upserted": 3})));
+}
+
+#[tokio::test]
+async fn text_points_are_embedded_and_queried_with_filters() {
+    let r = start().await;
+    create_docs(&r).await;
+    let (status, body) = call(
+        &r,
+        KEY,
+        "POST",
+        "/collections/docs/query",
+        Some(json!({"text": "reset password", "k": 2})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["points"][0]["id"], "p1");
+    assert_eq!(
+        body["points"][0]["payload"]["text"], "how to reset a password",
+        "text is kept"
+    );
+
+    let filtered = json!({"text": "reset password", "filter": {"must": [{"key": "year", "range": {"gte": 2024}}], "must_not": [{"key": "lang", "match": {"value": "de"}}]}});
+    let (_, body) = call(&r, KEY, "POST", "/collections/docs/query", Some(filtered)).await;
+    let ids: Vec<&str> = body["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["p2"]);
+    assert_eq!(body["strategy"], "exact");
+
+    let (_, body) = call(
+        &r,
+        KEY,
+        "POST",
+        "/collections/docs/count",
+        Some(json!({"filter": {"must": [{"key": "lang", "match": {"value": "en"}}]}})),
+    )
+    .await;
+    assert_eq!(body["count"], 2);
+    let (_, body) = call(
+        &r,
+        KEY,
+        "POST",
+        "/collections/docs/points/get",
+        Some(json!({"ids": ["p3"], "with_vector": true})),
+    )
+    .await;
+    assert_eq!(body["points"][0]["vector"].as_array().unwrap().len(), 64);
+    let (_, body) = call(
+        &r,
+        KEY,
+        "POST",
+        "/collections/docs/points/delete",
+        Some(json!({"ids": ["p3"]})),
+    )
+    .await;
+    assert_eq!(body["deleted"], 1);
+    let (_, body) = call(&r, KEY, "GET", "/collections/docs", None).await;
+    assert_eq!(body["points"], 2);
+    let (_, body) = call(&r, KEY, "GET", "/collections", None).await;
+    assert_eq!(body["data"][0]["name"], "docs");
+    let (status, _) = call(&r, KEY, "DELETE", "/collections/docs", None).await;
+    assert_eq!(status, 200);
+    let (status, _) = call(&r, KEY, "GET", "/collections/docs", None).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn one_tenant_cannot_read_or_query_anothers_collection() {
+    let r = start().await;
+    create_docs(&r).await;
+    for (method, path, body) in [
+        ("GET", "/collections/docs", None),
+        (
+            "POST",
+            "/collections/docs/query",
+            Some(json!({"text": "password"})),
+        ),
+        (
+            "POST",
+            "/collections/docs/points/get",
+            Some(json!({"ids": ["p1"]})),
+        ),
+        (
+            "POST",
+            "/collections/docs/points",
+            Some(json!({"points": [{"id": "x", "text": "y"}]})),
+        ),
+        (
+            "POST",
+            "/collections/docs/points/delete",
+            Some(json!({"ids": ["p1"]})),
+        ),
+        ("POST", "/collections/docs/count", Some(json!({}))),
+        ("DELETE", "/collections/docs", None),
+    ] {
+        let (status, body) = call(&r, OTHER, method, path, body).await;
+        assert_eq!(status, 404, "{method} {path}: {body}");
+        assert_eq!(body["error"]["code"], "not_found");
+    }
+    let (_, body) = call(&r, OTHER, "GET", "/collections", None).await;
+    assert_eq!(body["data"], json!([]));
+    let (_, body) = call(&r, KEY, "GET", "/collections/docs", None).await;
+    assert_eq!(body["points"], 3, "nothing the other tenant sent landed");
+    let (status, _) = call(&r, "sk-not-a-key", "GET", "/collections", None).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_4xx_naming_the_field() {
+    let r = start().await;
+    create_docs(&r).await;
+    let (status, body) = call(
+        &r,
+        KEY,
+        "POST",
+        "/collections",
+        Some(json!({"name": "v", "dimension": 3})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let cases = [
+        (
+            "/collections",
+            json!({"name": "docs", "dimension": 3}),
+            409,
+            "name",
+        ),
+        (
+            "/collections",
+            json!({"name": "bad/name", "dimension": 3}),
+            400,
+            "name",
+        ),
+        (
+            "/collections",
+            json!({"name": "x", "embedder": "nope"}),
+            400,
+            "embedder",
+        ),
+        (
+            "/collections",
+            json!({"name": "x", "embedder": "hash", "dimension": 3}),
+            400,
+            "dimension",
+        ),
+        (
+            "/collections/v/points",
+            json!({"points": [{"id": "a", "vector": [1, 2]}]}),
+            400,
+            "points[0].vector",
+        ),
+        (
+            "/collections/v/points",
+            json!({"points": [{"id": "a", "vector": [1, 2, 1e39]}]}),
+            400,
+            "points[0].vector[2]",
+        ),
+        (
+            "/collections/v/points",
+            json!({"points": [{"id": "a", "text": "no embedder"}]}),
+            400,
+            "points[].text",
+        ),
+        (
+            "/collections/v/points",
+            json!({"points": []}),
+            400,
+            "points",
+        ),
+        (
+            "/collections/v/query",
+            json!({"vector": [1, 2, 3, 4]}),
+            400,
+            "vector",
+        ),
+        (
+            "/collections/v/query",
+            json!({"vector": [1, 2, 3], "k": 0}),
+            400,
+            "k",
+        ),
+        (
+            "/collections/v/query",
+            json!({"vector": [1, 2, 3], "filter": {"must": [{"key": "lang", "match": {"value": "en"}}]}}),
+            400,
+            "filter.must[0].key",
+        ),
+        (
+            "/collections/docs/query",
+            json!({"text": "a", "filter": {"must": {"key": "lang"}}}),
+            400,
+            "filter.must",
+        ),
+        (
+            "/collections/docs/query",
+            json!({"text": "a", "filter": {"must": [{"key": "year", "range": {"gte": "soon"}}]}}),
+            400,
+            "filter.must[0].range.gte",
+        ),
+        (
+            "/collections/docs/query",
+            json!({"text": "a", "partition": "p"}),
+            400,
+            "partition",
+        ),
+        (
+            "/collections/nope/query",
+            json!({"vector": [1, 2, 3]}),
+            404,
+            "collection",
+        ),
+    ];
+    for (path, body, status, param) in cases {
+        let (got, reply) = call(&r, KEY, "POST", path, Some(body.clone())).await;
+        assert_eq!(got, status, "{path} {body}: {reply}");
+        assert_eq!(reply["error"]["param"], param, "{path} {body}: {reply}");
+        assert!(!reply["error"]["message"].as_str().unwrap().is_empty());
+    }
+    // A NaN is not JSON at all: refused as such.
+    let response = r
+        .client
+        .post(format!("{}/collections/v/points", r.app.base_url()))
+        .bearer_auth(KEY)
+        .header("content-type", "application/json")
+        .body(r#"{"points": [{"id": "a", "vector": [1, NaN, 3]}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let (_, body) = call(&r, KEY, "GET", "/collections/v", None).await;
+    assert_eq!(body["points"], 0, "nothing refused was stored");
+}
+
+#[tokio::test]
+async fn documents_are_chunked_with_overlap_and_replaced_whole() {
+    let r = start().await;
+    create_docs(&r).await;
+    let long: Vec<String> = (0..100).map(|i| format!("word{i}")).collect();
+    let doc = json!({"documents": [{"id": "manual", "text": long.join(" "), "payload": {"lang": "en"}}],
+                     "chunking": {"max_words": 40, "overlap_words": 10}});
+    let (status, body) = call(&r, KEY, "POST", "/collections/docs/documents", Some(doc)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"documents": 1, "chunks": 3}));
+    let (_, body) = call(
+        &r,
+        KEY,
+        "POST",
+        "/collections/docs/points/get",
+        Some(json!({"ids": ["manual#0", "manual#1", "manual#2"]})),
+    )
+    .await;
+    let chunks = body["points"].as_array().unwrap();
+    assert_eq!(chunks.len(), 3);
+    assert!(
+        chunks[1]["payload"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("word30 "),
+        "ten words overlap"
+    );
+    assert_eq!(chunks[2]["payload"]["document_id"], "manual");
+    assert_eq!(chunks[2]["payload"]["lang"], "en");
+
+    // A shorter version replaces every old chunk.
+    let doc = json!({"documents": [{"id": "manual", "text": "now it is short"}]});
+    let (_, body) = call(&r, KEY, "POST", "/collections/docs/documents", Some(doc)).await;
+    assert_eq!(body["chunks"], 1);
+    let (_, body) = call(&r, KEY, "POST", "/collections/docs/count", Some(json!({}))).await;
+    assert_eq!(body["count"], 4, "three points and one chunk");
+}
+
+#[tokio::test]
+async fn local_embeddings_are_served_in_process_as_openai_does() {
+    let r = start().await;
+    let (status, body) = call(
+        &r,
+        KEY,
+        "POST",
+        "/embeddings",
+        Some(json!({"model": "minilm", "input": ["reset my password", "I forgot my login"]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let a = body["data"][0]["embedding"].as_array().unwrap();
+    let b = body["data"][1]["embedding"].as_array().unwrap();
+    assert_eq!(a.len(), 384);
+    let cosine: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| x.as_f64().unwrap() * y.as_f64().unwrap())
+        .sum();
+    assert!(cosine > 0.4, "paraphrases are close: {cosine}");
+    assert!(body["usage"]["prompt_tokens"].as_u64().unwrap() >= 8);
+    assert_eq!(body["model"], "minilm");
+
+    // base64, as the official Python client asks by default.
+    let (_, body) = call(
+        &r,
+        KEY,
+        "POST",
+        "/embeddings",
+        Some(json!({"model": "minilm", "input": "x", "encoding_format": "base64"})),
+    )
+    .await;
+    assert_eq!(
+        body["data"][0]["embedding"].as_str().unwrap().len(),
+        384 * 4 * 4 / 3
+    );
+
+    let (status, body) = call(
+        &r,
+        KEY,
+        "POST",
+        "/embeddings",
+        Some(json!({"model": "minilm", "input": [1, 2, 3]})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["param"].as_str()),
+        (400, Some("input"))
+    );
+    let (status, body) = call(
+        &r,
+        KEY,
+        "POST",
+        "/embeddings",
+        Some(json!({"model": "minilm", "input": "x", "dimensions": 12})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["param"].as_str()),
+        (400, Some("dimensions"))
+    );
+}
