@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting and lints, every Rust test (the store
 # suites run against both SQLite and PostgreSQL, the limits suites against
-# Redis, the local embedder against reference vectors, so the model is
-# fetched first), then the end-to-end suite,
+# Redis, the vector suites embedded and on PostgreSQL with pgvector, the
+# local embedder against reference vectors, so the model is fetched and the
+# pgvector server started first), then the end-to-end suite,
 # which drives a real `keel serve` and `keel sim` with the official `openai`
 # Python client. Everything it needs is installed on the way.
 set -euo pipefail
@@ -10,6 +11,8 @@ cd "$(dirname "$0")/.."
 
 scripts/services.sh
 scripts/model.sh
+KEEL_TEST_PGVECTOR_URL="$(scripts/pgvector.sh | tail -n 1)"
+export KEEL_TEST_PGVECTOR_URL
 
 echo "== format and lints"
 cargo fmt --all --check

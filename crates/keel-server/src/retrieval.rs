@@ -14,7 +14,7 @@ use std::sync::Arc;
 use keel_core::embeddings::{EmbeddingInput, EmbeddingRequest};
 use keel_embed::{Batcher, EmbedError, EmbedFuture, Embedder, HashingEmbedder, LocalEmbedder};
 use keel_gateway::Gateway;
-use keel_vector::{EmbeddedOptions, EmbeddedStore, Planner};
+use keel_vector::{EmbeddedOptions, EmbeddedStore, PgVectorStore, Planner, VectorStore};
 
 /// How an embedder is made.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,6 +57,9 @@ pub struct RetrievalSetup {
     pub embedders: Vec<EmbedderSpec>,
     /// Where the embedded vector store keeps its files.
     pub vectors_dir: PathBuf,
+    /// A PostgreSQL URL with pgvector: collections live there instead, shared
+    /// by every keel process.
+    pub postgres_url: Option<String>,
     /// Sync the vector log before acknowledging writes.
     pub fsync: bool,
     /// Snapshot a collection once its log passes this size.
@@ -72,6 +75,7 @@ impl RetrievalSetup {
         RetrievalSetup {
             embedders: Vec::new(),
             vectors_dir,
+            postgres_url: None,
             fsync: defaults.fsync,
             snapshot_wal_bytes: defaults.snapshot_wal_bytes,
             planner: defaults.planner,
@@ -99,7 +103,7 @@ pub enum RetrievalError {
 #[derive(Debug, Clone)]
 pub struct Retrieval {
     /// The vector store.
-    pub vectors: EmbeddedStore,
+    pub vectors: VectorStore,
     embedders: Arc<HashMap<String, Named>>,
 }
 
@@ -151,11 +155,16 @@ impl Retrieval {
             tracing::info!(name = %spec.name, id = embedder.id(), dimension = embedder.dimension(), "Embedder ready");
             embedders.insert(spec.name, Named { embedder, local });
         }
-        let mut options = EmbeddedOptions::new(setup.vectors_dir);
-        options.fsync = setup.fsync;
-        options.snapshot_wal_bytes = setup.snapshot_wal_bytes;
-        options.planner = setup.planner;
-        let vectors = EmbeddedStore::open(options).await?;
+        let vectors = match &setup.postgres_url {
+            Some(url) => VectorStore::Postgres(PgVectorStore::connect(url).await?),
+            None => {
+                let mut options = EmbeddedOptions::new(setup.vectors_dir);
+                options.fsync = setup.fsync;
+                options.snapshot_wal_bytes = setup.snapshot_wal_bytes;
+                options.planner = setup.planner;
+                VectorStore::Embedded(EmbeddedStore::open(options).await?)
+            }
+        };
         Ok(Retrieval {
             vectors,
             embedders: Arc::new(embedders),

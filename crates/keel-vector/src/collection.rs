@@ -120,34 +120,9 @@ impl Collection {
         }
     }
 
-    /// Checks points and gets them ready: vectors checked (and scaled to
-    /// unit length for cosine), ids checked, indexed fields typed, the
-    /// partition key present.
-    pub fn prepare(&self, mut points: Vec<Point>) -> Result<Vec<Point>> {
-        for (i, p) in points.iter_mut().enumerate() {
-            check_id(&p.id, &format!("points[{i}].id"))?;
-            let path = format!("points[{i}].vector");
-            check_vector(&p.vector, self.spec.dimension, &path)?;
-            if self.spec.metric == Metric::Cosine {
-                normalize(&mut p.vector, &path)?;
-            }
-            extract(
-                &self.spec.fields,
-                &p.payload,
-                &format!("points[{i}].payload"),
-            )?;
-            if let Some(key) = &self.spec.partition_key
-                && !p.payload.get(key).is_some_and(|v| v.is_string())
-            {
-                return Err(VectorError::invalid(
-                    format!("points[{i}].payload.{key}"),
-                    format!(
-                        "this collection is partitioned by {key:?}; every point needs it as a string"
-                    ),
-                ));
-            }
-        }
-        Ok(points)
+    /// Checks points and gets them ready (see [`prepare`]).
+    pub fn prepare(&self, points: Vec<Point>) -> Result<Vec<Point>> {
+        prepare(&self.spec, points)
     }
 
     /// Logs and applies prepared points; returns whether the log has grown
@@ -226,10 +201,7 @@ impl Collection {
     /// Answers a query.
     pub fn query(&self, mut query: Query, planner: &Planner) -> Result<QueryResult> {
         self.check_partition(query.partition.as_deref())?;
-        check_vector(&query.vector, self.spec.dimension, "vector")?;
-        if self.spec.metric == Metric::Cosine {
-            normalize(&mut query.vector, "vector")?;
-        }
+        prepare_query(&self.spec, &mut query.vector)?;
         let partition = lock!(self.partitions, read).get(&query.partition).cloned();
         let Some(partition) = partition else {
             return Ok(QueryResult {
@@ -275,17 +247,7 @@ impl Collection {
     }
 
     fn check_partition(&self, partition: Option<&str>) -> Result<()> {
-        match (&self.spec.partition_key, partition) {
-            (Some(key), None) => Err(VectorError::invalid(
-                "partition",
-                format!("this collection is partitioned by {key:?}; name the partition to search"),
-            )),
-            (None, Some(_)) => Err(VectorError::invalid(
-                "partition",
-                "this collection has no partition key; leave `partition` out",
-            )),
-            _ => Ok(()),
-        }
+        check_partition(&self.spec, partition)
     }
 
     fn extract_all(&self, points: Vec<Point>) -> Result<Vec<Prepared>> {
@@ -359,6 +321,56 @@ impl Collection {
         )?);
         partitions.insert(value, Arc::clone(&p));
         Ok(p)
+    }
+}
+
+/// Checks points and gets them ready: vectors checked (and scaled to unit
+/// length for cosine), ids checked, indexed fields typed, the partition key
+/// present.
+pub(crate) fn prepare(spec: &CollectionSpec, mut points: Vec<Point>) -> Result<Vec<Point>> {
+    for (i, p) in points.iter_mut().enumerate() {
+        check_id(&p.id, &format!("points[{i}].id"))?;
+        let path = format!("points[{i}].vector");
+        check_vector(&p.vector, spec.dimension, &path)?;
+        if spec.metric == Metric::Cosine {
+            normalize(&mut p.vector, &path)?;
+        }
+        extract(&spec.fields, &p.payload, &format!("points[{i}].payload"))?;
+        if let Some(key) = &spec.partition_key
+            && !p.payload.get(key).is_some_and(|v| v.is_string())
+        {
+            return Err(VectorError::invalid(
+                format!("points[{i}].payload.{key}"),
+                format!(
+                    "this collection is partitioned by {key:?}; every point needs it as a string"
+                ),
+            ));
+        }
+    }
+    Ok(points)
+}
+
+/// Checks a query vector (and scales it for cosine).
+pub(crate) fn prepare_query(spec: &CollectionSpec, vector: &mut [f32]) -> Result<()> {
+    check_vector(vector, spec.dimension, "vector")?;
+    if spec.metric == Metric::Cosine {
+        normalize(vector, "vector")?;
+    }
+    Ok(())
+}
+
+/// Refuses a partition the collection does not expect, or a missing one.
+pub(crate) fn check_partition(spec: &CollectionSpec, partition: Option<&str>) -> Result<()> {
+    match (&spec.partition_key, partition) {
+        (Some(key), None) => Err(VectorError::invalid(
+            "partition",
+            format!("this collection is partitioned by {key:?}; name the partition to search"),
+        )),
+        (None, Some(_)) => Err(VectorError::invalid(
+            "partition",
+            "this collection has no partition key; leave `partition` out",
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -11,6 +11,9 @@
 //! - `wal` and `snapshot`: every acknowledged write survives a crash; a
 //!   restart loads graphs from snapshots and replays the log after them.
 //! - [`EmbeddedStore`]: all of that in process, the default.
+//! - [`PgVectorStore`]: collections in PostgreSQL with pgvector (HNSW
+//!   index, filters as SQL over normalized fields, list partitions), for
+//!   several processes; [`VectorStore`] is the one API over both.
 //! - [`chunk`]: cutting long documents into overlapping pieces.
 
 pub mod chunk;
@@ -20,9 +23,12 @@ pub mod error;
 pub mod filter;
 mod partition;
 pub mod payload;
+mod pg;
 pub mod point;
 mod snapshot;
 pub mod spec;
+mod sql;
+mod store;
 mod wal;
 
 pub use chunk::{Chunking, chunk};
@@ -31,5 +37,7 @@ pub use embedded::{EmbeddedOptions, EmbeddedStore};
 pub use error::{Result, VectorError};
 pub use filter::Filter;
 pub use partition::Planner;
+pub use pg::PgVectorStore;
 pub use point::{Point, Query, QueryResult, ScoredPoint, Strategy};
 pub use spec::{CollectionSpec, FieldType, HnswParams, Metric};
+pub use store::VectorStore;

@@ -80,11 +80,16 @@ pub fn scalar(ty: FieldType, value: &Value, path: &str) -> Result<IndexValue> {
     }
 }
 
-/// Reads every value of a field: a scalar, an array of scalars, or `null`
-/// (no value).
+/// Reads every value of a field: a scalar, `null` (no value), or for a
+/// keyword field an array of strings (tags). Numbers, timestamps and
+/// booleans hold one value, so a range means the same on every backend.
 pub fn values(ty: FieldType, value: &Value, path: &str) -> Result<Vec<IndexValue>> {
     match value {
         Value::Null => Ok(Vec::new()),
+        Value::Array(_) if ty != FieldType::Keyword => Err(VectorError::invalid(
+            path,
+            format!("{ty:?} fields hold one value; only keyword fields hold arrays").to_lowercase(),
+        )),
         Value::Array(items) => items
             .iter()
             .enumerate()
@@ -260,5 +265,6 @@ mod tests {
                 .len(),
             2
         );
+        assert!(values(FieldType::Float, &serde_json::json!([1.0, 2.0]), "t").is_err());
     }
 }

@@ -72,6 +72,8 @@ pub enum Strategy {
     Exact,
     /// Nothing to search (empty partition or nothing matched).
     Empty,
+    /// PostgreSQL's planner chose (HNSW index scan or exact scan).
+    Database,
 }
 
 /// A query's answers and how they were found.

@@ -183,13 +183,23 @@ pub fn check_name(field: &str, name: &str) -> Result<()> {
 }
 
 fn check_field_name(field: &str, name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > 128 {
-        return Err(VectorError::invalid(
+    // Field names reach SQL text in the PostgreSQL backend (an expression
+    // index only matches a literal), so they keep to a safe alphabet.
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(VectorError::invalid(
             field,
-            "a field name must have 1 to 128 characters",
-        ));
+            format!(
+                "{name:?} is not a valid field name: use 1 to 64 letters, digits, `_`, `-` or `.`"
+            ),
+        ))
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,12 +1,19 @@
-//! The embedded store as a client uses it: collections per tenant, upserts,
-//! filtered and partitioned queries, and persistence across restarts.
+//! The vector store as a client uses it: collections per tenant, upserts,
+//! filtered and partitioned queries, and persistence across restarts. Each
+//! scenario runs on both backends: embedded, and PostgreSQL with pgvector
+//! (`KEEL_TEST_PGVECTOR_URL`, default the server `scripts/pgvector.sh`
+//! starts on port 5433), each test in a database of its own.
 
 #![expect(clippy::unwrap_used, clippy::panic, reason = "tests fail loudly")]
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use keel_vector::{
-    CollectionSpec, EmbeddedOptions, EmbeddedStore, Point, Query, Strategy, VectorError,
+    CollectionSpec, EmbeddedOptions, EmbeddedStore, PgVectorStore, Point, Query, Strategy,
+    VectorError, VectorStore,
 };
 use serde_json::{Value, json};
+use sqlx::Connection;
 
 fn spec(json: Value) -> CollectionSpec {
     serde_json::from_value(json).unwrap()
@@ -23,10 +30,85 @@ fn point(id: &str, vector: Vec<f32>, payload: Value) -> Point {
     }
 }
 
-async fn open(dir: &std::path::Path) -> EmbeddedStore {
-    let mut options = EmbeddedOptions::new(dir);
-    options.fsync = false;
-    EmbeddedStore::open(options).await.unwrap()
+/// Where a test's collections live; `open` gives a fresh handle to the
+/// same data, as a restarted process would get.
+enum Backend {
+    Embedded(tempfile::TempDir),
+    Postgres(String),
+}
+
+fn pgvector_url() -> String {
+    std::env::var("KEEL_TEST_PGVECTOR_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433/keel".into())
+}
+
+impl Backend {
+    fn embedded() -> Backend {
+        Backend::Embedded(tempfile::tempdir().unwrap())
+    }
+
+    /// A new database on the pgvector server.
+    async fn postgres() -> Backend {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let base = pgvector_url();
+        let name = format!(
+            "keel_vec_test_{}_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+        );
+        let mut admin = sqlx::PgConnection::connect(&base)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("pgvector server at {base}: {e}; start it with scripts/pgvector.sh")
+            });
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let url = match base.rfind('/') {
+            Some(i) => format!("{}/{name}", &base[..i]),
+            None => panic!("bad url {base}"),
+        };
+        Backend::Postgres(url)
+    }
+
+    async fn open(&self) -> VectorStore {
+        match self {
+            Backend::Embedded(dir) => {
+                let mut options = EmbeddedOptions::new(dir.path());
+                options.fsync = false;
+                VectorStore::Embedded(EmbeddedStore::open(options).await.unwrap())
+            }
+            Backend::Postgres(url) => {
+                VectorStore::Postgres(PgVectorStore::connect(url).await.unwrap())
+            }
+        }
+    }
+
+    fn is_embedded(&self) -> bool {
+        matches!(self, Backend::Embedded(_))
+    }
+}
+
+/// Runs a scenario `async fn(Backend)` once per backend.
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn embedded() {
+                super::$name(super::Backend::embedded()).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                super::$name(super::Backend::postgres().await).await;
+            }
+        }
+    };
 }
 
 fn query(vector: Vec<f32>, k: usize) -> Query {
@@ -51,7 +133,7 @@ fn vector(seed: u64, dim: usize) -> Vec<f32> {
         .collect()
 }
 
-async fn docs(store: &EmbeddedStore) {
+async fn docs(store: &VectorStore) {
     store
         .create(
             "acme",
@@ -86,7 +168,7 @@ async fn docs(store: &EmbeddedStore) {
     assert_eq!(store.upsert("acme", "docs", points).await.unwrap(), 4);
 }
 
-async fn ids(store: &EmbeddedStore, filter: Value) -> Vec<String> {
+async fn ids(store: &VectorStore, filter: Value) -> Vec<String> {
     let result = store
         .query(
             "acme",
@@ -101,10 +183,9 @@ async fn ids(store: &EmbeddedStore, filter: Value) -> Vec<String> {
     ids
 }
 
-#[tokio::test]
-async fn every_filter_kind_keeps_the_right_points() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
+both!(every_filter_kind_keeps_the_right_points);
+async fn every_filter_kind_keeps_the_right_points(backend: Backend) {
+    let store = backend.open().await;
     docs(&store).await;
     let cases = [
         (json!({}), vec!["a", "b", "c", "d"]),
@@ -170,10 +251,9 @@ async fn every_filter_kind_keeps_the_right_points() {
     assert_eq!(count, 2);
 }
 
-#[tokio::test]
-async fn answers_closest_first_with_scores_and_payloads() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
+both!(answers_closest_first_with_scores_and_payloads);
+async fn answers_closest_first_with_scores_and_payloads(backend: Backend) {
+    let store = backend.open().await;
     docs(&store).await;
     let result = store
         .query("acme", "docs", None, query(vec![1.0, 0.0, 0.0], 2))
@@ -194,10 +274,9 @@ async fn answers_closest_first_with_scores_and_payloads() {
     assert_eq!(got[0].vector, vec![0.0, 0.0, 1.0]);
 }
 
-#[tokio::test]
-async fn upsert_replaces_and_delete_removes() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
+both!(upsert_replaces_and_delete_removes);
+async fn upsert_replaces_and_delete_removes(backend: Backend) {
+    let store = backend.open().await;
     docs(&store).await;
     store
         .upsert(
@@ -223,7 +302,7 @@ async fn upsert_replaces_and_delete_removes() {
         .await,
         vec!["a", "b"]
     );
-    assert_eq!(store.info("acme", "docs").unwrap().points, 4);
+    assert_eq!(store.info("acme", "docs").await.unwrap().points, 4);
 
     assert_eq!(
         store
@@ -242,10 +321,9 @@ async fn upsert_replaces_and_delete_removes() {
     );
 }
 
-#[tokio::test]
-async fn tenants_cannot_see_each_others_collections() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
+both!(tenants_cannot_see_each_others_collections);
+async fn tenants_cannot_see_each_others_collections(backend: Backend) {
+    let store = backend.open().await;
     docs(&store).await;
     let other = store
         .query("globex", "docs", None, query(vec![1.0, 0.0, 0.0], 1))
@@ -257,20 +335,19 @@ async fn tenants_cannot_see_each_others_collections() {
             .await
             .is_err()
     );
-    assert!(store.list("globex").is_empty());
+    assert!(store.list("globex").await.unwrap().is_empty());
     // The same name is free for another tenant, and separate.
     store
         .create("globex", spec(json!({"name": "docs", "dimension": 3})))
         .await
         .unwrap();
-    assert_eq!(store.info("globex", "docs").unwrap().points, 0);
-    assert_eq!(store.info("acme", "docs").unwrap().points, 4);
+    assert_eq!(store.info("globex", "docs").await.unwrap().points, 0);
+    assert_eq!(store.info("acme", "docs").await.unwrap().points, 4);
 }
 
-#[tokio::test]
-async fn bad_input_is_refused_naming_the_field() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
+both!(bad_input_is_refused_naming_the_field);
+async fn bad_input_is_refused_naming_the_field(backend: Backend) {
+    let store = backend.open().await;
     docs(&store).await;
     let field = |e: VectorError| match e {
         VectorError::Invalid { field, .. } | VectorError::Dimension { field, .. } => field,
@@ -337,13 +414,12 @@ async fn bad_input_is_refused_naming_the_field() {
         .unwrap_err();
     assert!(matches!(e, VectorError::AlreadyExists { .. }));
     // Nothing refused was stored.
-    assert_eq!(store.info("acme", "docs").unwrap().points, 4);
+    assert_eq!(store.info("acme", "docs").await.unwrap().points, 4);
 }
 
-#[tokio::test]
-async fn partitions_keep_points_apart_and_queries_name_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
+both!(partitions_keep_points_apart_and_queries_name_one);
+async fn partitions_keep_points_apart_and_queries_name_one(backend: Backend) {
+    let store = backend.open().await;
     store
         .create(
             "acme",
@@ -379,7 +455,7 @@ async fn partitions_keep_points_apart_and_queries_name_one() {
             .len(),
         0
     );
-    assert_eq!(store.info("acme", "kb").unwrap().partitions, 2);
+    assert_eq!(store.info("acme", "kb").await.unwrap().partitions, 2);
 
     let e = store
         .query("acme", "kb", None, query(vec![1.0, 0.0], 10))
@@ -420,10 +496,9 @@ async fn partitions_keep_points_apart_and_queries_name_one() {
     assert_eq!(store.count("acme", "kb", None, None).await.unwrap(), 3);
 }
 
-#[tokio::test]
-async fn selective_filters_search_exactly_and_broad_ones_walk_the_graph() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
+both!(selective_filters_search_exactly_and_broad_ones_walk_the_graph);
+async fn selective_filters_search_exactly_and_broad_ones_walk_the_graph(backend: Backend) {
+    let store = backend.open().await;
     let dim = 16;
     store
         .create(
@@ -447,9 +522,12 @@ async fn selective_filters_search_exactly_and_broad_ones_walk_the_graph() {
                 .unwrap()
         }
     };
+    let embedded = backend.is_embedded();
     let one_percent = run(json!({"must": [{"key": "bucket", "range": {"lt": 1}}]})).await;
-    assert_eq!(one_percent.strategy, Strategy::Exact);
-    assert_eq!(one_percent.candidates, 200);
+    if embedded {
+        assert_eq!(one_percent.strategy, Strategy::Exact);
+        assert_eq!(one_percent.candidates, 200);
+    }
     assert_eq!(one_percent.points.len(), 10);
     assert!(
         one_percent
@@ -459,7 +537,9 @@ async fn selective_filters_search_exactly_and_broad_ones_walk_the_graph() {
     );
 
     let half = run(json!({"must": [{"key": "bucket", "range": {"lt": 50}}]})).await;
-    assert_eq!(half.strategy, Strategy::FilteredGraph);
+    if embedded {
+        assert_eq!(half.strategy, Strategy::FilteredGraph);
+    }
     assert_eq!(half.points.len(), 10);
     assert!(
         half.points
@@ -473,10 +553,9 @@ async fn selective_filters_search_exactly_and_broad_ones_walk_the_graph() {
     assert_eq!(three.strategy, Strategy::Empty);
 }
 
-#[tokio::test]
-async fn graph_answers_agree_with_exact_search() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
+both!(graph_answers_agree_with_exact_search);
+async fn graph_answers_agree_with_exact_search(backend: Backend) {
+    let store = backend.open().await;
     let dim = 32;
     store
         .create(
@@ -508,7 +587,9 @@ async fn graph_answers_agree_with_exact_search() {
         exact.sort_by(|a, b| a.0.total_cmp(&b.0));
         let truth: Vec<&str> = exact.iter().take(10).map(|e| e.1).collect();
         let got = store.query("acme", "r", None, query(qv, 10)).await.unwrap();
-        assert_eq!(got.strategy, Strategy::Graph);
+        if backend.is_embedded() {
+            assert_eq!(got.strategy, Strategy::Graph);
+        }
         found += got
             .points
             .iter()
@@ -521,11 +602,10 @@ async fn graph_answers_agree_with_exact_search() {
     assert!(recall >= 0.95, "recall@10 {recall}");
 }
 
-#[tokio::test]
-async fn writes_survive_a_restart_with_and_without_a_snapshot() {
-    let dir = tempfile::tempdir().unwrap();
+both!(writes_survive_a_restart_with_and_without_a_snapshot);
+async fn writes_survive_a_restart_with_and_without_a_snapshot(backend: Backend) {
     {
-        let store = open(dir.path()).await;
+        let store = backend.open().await;
         docs(&store).await;
         store.snapshot_all().await.unwrap();
         // After the snapshot: only in the log.
@@ -542,7 +622,7 @@ async fn writes_survive_a_restart_with_and_without_a_snapshot() {
             .await
             .unwrap();
     }
-    let store = open(dir.path()).await;
+    let store = backend.open().await;
     assert_eq!(ids(&store, json!({})).await, vec!["a", "c", "d", "e"]);
     assert_eq!(
         ids(
@@ -561,8 +641,8 @@ async fn writes_survive_a_restart_with_and_without_a_snapshot() {
     // A second snapshot, a restart, and writes keep working.
     store.snapshot_all().await.unwrap();
     drop(store);
-    let store = open(dir.path()).await;
-    assert_eq!(store.info("acme", "docs").unwrap().points, 4);
+    let store = backend.open().await;
+    assert_eq!(store.info("acme", "docs").await.unwrap().points, 4);
     store
         .upsert(
             "acme",
@@ -574,17 +654,16 @@ async fn writes_survive_a_restart_with_and_without_a_snapshot() {
     assert_eq!(ids(&store, json!({})).await.len(), 5);
 }
 
-#[tokio::test]
-async fn a_deleted_collection_is_gone_after_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
+both!(a_deleted_collection_is_gone_after_a_restart);
+async fn a_deleted_collection_is_gone_after_a_restart(backend: Backend) {
     {
-        let store = open(dir.path()).await;
+        let store = backend.open().await;
         docs(&store).await;
         store.delete_collection("acme", "docs").await.unwrap();
-        assert!(store.info("acme", "docs").is_err());
+        assert!(store.info("acme", "docs").await.is_err());
     }
-    let store = open(dir.path()).await;
-    assert!(store.list("acme").is_empty());
+    let store = backend.open().await;
+    assert!(store.list("acme").await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -593,7 +672,7 @@ async fn a_full_log_is_snapshotted_in_the_background() {
     let mut options = EmbeddedOptions::new(dir.path());
     options.fsync = false;
     options.snapshot_wal_bytes = 1;
-    let store = EmbeddedStore::open(options).await.unwrap();
+    let store = VectorStore::Embedded(EmbeddedStore::open(options).await.unwrap());
     docs(&store).await;
     for _ in 0..100 {
         if dir.path().join("acme/docs/snapshot/manifest.json").exists() {

@@ -70,7 +70,11 @@ pub async fn list(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let caller = state.keys.authenticate(&headers)?;
-    let data = state.retrieval.vectors.list(caller.tenant_id.as_str());
+    let data = state
+        .retrieval
+        .vectors
+        .list(caller.tenant_id.as_str())
+        .await?;
     Ok(Json(json!({"object": "list", "data": data})))
 }
 
@@ -81,12 +85,12 @@ pub async fn info(
     Path(name): Path<String>,
 ) -> Result<Json<CollectionInfo>, ApiError> {
     let caller = state.keys.authenticate(&headers)?;
-    Ok(Json(
-        state
-            .retrieval
-            .vectors
-            .info(caller.tenant_id.as_str(), &name)?,
-    ))
+    let info = state
+        .retrieval
+        .vectors
+        .info(caller.tenant_id.as_str(), &name)
+        .await?;
+    Ok(Json(info))
 }
 
 /// `DELETE /v1/collections/{name}`.
@@ -134,7 +138,7 @@ pub async fn upsert(
 ) -> Result<Json<Value>, ApiError> {
     let caller = state.keys.authenticate(&headers)?;
     let tenant = caller.tenant_id.as_str();
-    let spec = state.retrieval.vectors.spec(tenant, &name)?;
+    let spec = state.retrieval.vectors.spec(tenant, &name).await?;
     let body: UpsertBody = read_json(body, state.settings.max_body_bytes).await?;
     if body.points.is_empty() || body.points.len() > MAX_POINTS {
         return Err(ApiError::field(
@@ -314,7 +318,7 @@ pub async fn query(
 ) -> Result<Json<QueryResult>, ApiError> {
     let caller = state.keys.authenticate(&headers)?;
     let tenant = caller.tenant_id.as_str();
-    let spec = state.retrieval.vectors.spec(tenant, &name)?;
+    let spec = state.retrieval.vectors.spec(tenant, &name).await?;
     let body: QueryBody = read_json(body, state.settings.max_body_bytes).await?;
     if body.k == 0 || body.k > MAX_K {
         return Err(bad("k", &format!("must be 1 to {MAX_K}, got {}", body.k)));
@@ -389,7 +393,7 @@ pub async fn documents(
 ) -> Result<Json<Value>, ApiError> {
     let caller = state.keys.authenticate(&headers)?;
     let tenant = caller.tenant_id.as_str();
-    let spec = state.retrieval.vectors.spec(tenant, &name)?;
+    let spec = state.retrieval.vectors.spec(tenant, &name).await?;
     let body: DocumentsBody = read_json(body, state.settings.max_body_bytes).await?;
     let how = &body.chunking;
     if how.max_words == 0 || how.max_words > 4096 || how.overlap_words >= how.max_words {

@@ -21,10 +21,34 @@ fn model_dir() -> PathBuf {
     )
 }
 
+/// Runs a scenario `async fn(pg: bool)` with the embedded vector store and
+/// with collections in PostgreSQL (pgvector).
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn embedded() {
+                super::$name(false).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                super::$name(true).await;
+            }
+        }
+    };
+}
+
 /// keel with a hashing embedder `hash` (64 dims), the local model `minilm`,
-/// and a second tenant t2.
-async fn start() -> Running {
+/// and a second tenant t2; collections in PostgreSQL when `pg`.
+async fn start(pg: bool) -> Running {
+    let postgres_url = if pg {
+        Some(support::pgvector_database().await)
+    } else {
+        None
+    };
     support::start(SimConfig::default(), |c| {
+        c.retrieval.postgres_url = postgres_url;
         let t2 = TenantId::new("t2").unwrap();
         c.keys.push(key(&t2, OTHER));
         c.tenants.push((t2, "T2".into()));
@@ -84,9 +108,9 @@ async fn create_docs(r: &Running) {
     assert_eq!((status, body), (200, json!({"upserted": 3})));
 }
 
-#[tokio::test]
-async fn text_points_are_embedded_and_queried_with_filters() {
-    let r = start().await;
+both!(text_points_are_embedded_and_queried_with_filters);
+async fn text_points_are_embedded_and_queried_with_filters(pg: bool) {
+    let r = start(pg).await;
     create_docs(&r).await;
     let (status, body) = call(
         &r,
@@ -112,7 +136,7 @@ async fn text_points_are_embedded_and_queried_with_filters() {
         .map(|p| p["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, vec!["p2"]);
-    assert_eq!(body["strategy"], "exact");
+    assert_eq!(body["strategy"], if pg { "database" } else { "exact" });
 
     let (_, body) = call(
         &r,
@@ -151,9 +175,9 @@ async fn text_points_are_embedded_and_queried_with_filters() {
     assert_eq!(status, 404);
 }
 
-#[tokio::test]
-async fn one_tenant_cannot_read_or_query_anothers_collection() {
-    let r = start().await;
+both!(one_tenant_cannot_read_or_query_anothers_collection);
+async fn one_tenant_cannot_read_or_query_anothers_collection(pg: bool) {
+    let r = start(pg).await;
     create_docs(&r).await;
     for (method, path, body) in [
         ("GET", "/collections/docs", None),
@@ -192,9 +216,9 @@ async fn one_tenant_cannot_read_or_query_anothers_collection() {
     assert_eq!(status, 401);
 }
 
-#[tokio::test]
-async fn bad_input_gets_a_4xx_naming_the_field() {
-    let r = start().await;
+both!(bad_input_gets_a_4xx_naming_the_field);
+async fn bad_input_gets_a_4xx_naming_the_field(pg: bool) {
+    let r = start(pg).await;
     create_docs(&r).await;
     let (status, body) = call(
         &r,
@@ -318,9 +342,9 @@ async fn bad_input_gets_a_4xx_naming_the_field() {
     assert_eq!(body["points"], 0, "nothing refused was stored");
 }
 
-#[tokio::test]
-async fn documents_are_chunked_with_overlap_and_replaced_whole() {
-    let r = start().await;
+both!(documents_are_chunked_with_overlap_and_replaced_whole);
+async fn documents_are_chunked_with_overlap_and_replaced_whole(pg: bool) {
+    let r = start(pg).await;
     create_docs(&r).await;
     let long: Vec<String> = (0..100).map(|i| format!("word{i}")).collect();
     let doc = json!({"documents": [{"id": "manual", "text": long.join(" "), "payload": {"lang": "en"}}],
@@ -358,7 +382,7 @@ async fn documents_are_chunked_with_overlap_and_replaced_whole() {
 
 #[tokio::test]
 async fn local_embeddings_are_served_in_process_as_openai_does() {
-    let r = start().await;
+    let r = start(false).await;
     let (status, body) = call(
         &r,
         KEY,

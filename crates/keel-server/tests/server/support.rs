@@ -108,3 +108,31 @@ pub async fn start(sim: SimConfig, adjust: impl FnOnce(&mut AppConfig)) -> Runni
         _sim: sim,
     }
 }
+
+/// A new, empty database on the pgvector server (`KEEL_TEST_PGVECTOR_URL`,
+/// default the one `scripts/pgvector.sh` starts on port 5433).
+pub async fn pgvector_database() -> String {
+    use sqlx::Connection;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let base = std::env::var("KEEL_TEST_PGVECTOR_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433/keel".into());
+    let name = format!(
+        "keel_server_test_{}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    );
+    let mut admin = sqlx::PgConnection::connect(&base)
+        .await
+        .expect("a pgvector server (scripts/pgvector.sh starts one)");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let (server, _) = base.rsplit_once('/').unwrap();
+    format!("{server}/{name}")
+}

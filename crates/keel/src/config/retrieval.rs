@@ -14,6 +14,7 @@ use super::gateway::RawModel;
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawVectors {
     dir: Option<String>,
+    url: Option<String>,
     fsync: bool,
     snapshot_wal_mb: u64,
     exact_max: u64,
@@ -25,6 +26,7 @@ impl Default for RawVectors {
         let planner = Planner::default();
         RawVectors {
             dir: None,
+            url: None,
             fsync: true,
             snapshot_wal_mb: 64,
             exact_max: planner.exact_max,
@@ -76,6 +78,16 @@ pub(super) fn check_retrieval(
         );
     }
     let mut setup = RetrievalSetup::new(dir);
+    setup.postgres_url = match &vectors.url {
+        Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+            Some(u.clone())
+        }
+        Some(u) => bail!(
+            "key `vectors.url`: {:?} is not a PostgreSQL URL; use postgres://user@host:port/db (a server with pgvector)",
+            super::redact_url(u)
+        ),
+        None => None,
+    };
     setup.fsync = vectors.fsync;
     setup.snapshot_wal_bytes = vectors.snapshot_wal_mb * 1024 * 1024;
     setup.planner = Planner {
