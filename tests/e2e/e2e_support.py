@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -71,6 +72,17 @@ EMBEDDING_DIM = 384
 # ledger row's cost is exactly prompt * PRICE_IN + completion * PRICE_OUT.
 PRICE_IN = 1.0
 PRICE_OUT = 2.0
+
+# The local embedding model scripts/model.sh fetched (scripts/test.sh runs
+# it first), served in process under the name LOCAL_EMBEDDER.
+MODEL_DIR = Path(
+    os.environ.get(
+        "KEEL_MODEL_DIR",
+        str(Path(__file__).resolve().parents[2] / ".keel/models/all-MiniLM-L6-v2"),
+    )
+)
+LOCAL_EMBEDDER = "minilm"
+REMOTE_EMBEDDER = "sim-embedder"
 
 KEEL_CONFIG = """\
 # Written by tests/e2e/conftest.py for one test session.
@@ -162,6 +174,21 @@ provider = "sim"
 model = "{SOLO_UPSTREAM}"
 input_per_mtok = {PRICE_IN}
 output_per_mtok = {PRICE_OUT}
+
+[[embedders]]
+name = "{LOCAL_EMBEDDER}"
+kind = "local"
+model_dir = "{MODEL_DIR}"
+
+# Text embedded by the simulator's embedding model, through the gateway.
+[[embedders]]
+name = "{REMOTE_EMBEDDER}"
+kind = "remote"
+model = "{EMBED_MODEL}"
+dimension = {EMBEDDING_DIM}
+
+[vectors]
+fsync = false
 
 [[tenants]]
 id = "{DEMO_TENANT}"
