@@ -127,7 +127,7 @@ async fn main() {
     options.snapshot_wal_bytes = u64::MAX;
     let store = EmbeddedStore::open(options).await.unwrap();
     let spec: CollectionSpec = serde_json::from_value(json!({
-        "name": "vectors", "dimension": data.dim, "metric": "dot",
+        "name": "vectors", "dimension": data.dim, "metric": "cosine",
         "fields": {"bucket": "integer"},
         "hnsw": {"m": 16, "ef_construction": 128, "ef_search": 64}
     }))
@@ -177,11 +177,11 @@ async fn main() {
     if sweep {
         let exact = Planner {
             exact_max: u64::MAX,
-            exact_below_fraction: 0.0,
+            exact_ratio: f64::INFINITY,
         };
         let graph = Planner {
             exact_max: 0,
-            exact_below_fraction: 0.0,
+            exact_ratio: 0.0,
         };
         println!("planner sweep: selectivity, matching points, exact q/s, filtered walk q/s");
         for below in [1u8, 2, 3, 5, 10, 20] {

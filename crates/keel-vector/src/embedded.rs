@@ -279,15 +279,18 @@ impl EmbeddedStore {
         Ok(self.options.root.join(tenant).join(name))
     }
 
+    async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>> {
+        self.permits
+            .acquire()
+            .await
+            .map_err(|_| VectorError::Index("the vector store is shut down".to_owned()))
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| VectorError::Index("the vector store is shut down".to_owned()))?;
+        let _permit = self.permit().await?;
         tokio::task::spawn_blocking(work)
             .await
             .map_err(|e| VectorError::Index(format!("index task failed: {e}")))?

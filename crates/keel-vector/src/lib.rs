@@ -39,5 +39,5 @@ pub use filter::Filter;
 pub use partition::Planner;
 pub use pg::PgVectorStore;
 pub use point::{Point, Query, QueryResult, ScoredPoint, Strategy};
-pub use spec::{CollectionSpec, FieldType, HnswParams, Metric};
+pub use spec::{CollectionSpec, FieldType, HnswParams, Metric, Quantization};
 pub use store::VectorStore;

@@ -22,7 +22,7 @@ use crate::error::{Result, VectorError};
 use crate::filter::Filter;
 use crate::payload::{IndexValue, PayloadIndex};
 use crate::point::{Point, Strategy};
-use crate::spec::{HnswParams, Metric};
+use crate::spec::{HnswParams, Metric, Quantization};
 
 /// Concurrent calls usearch is prepared for: callers hold one of
 /// [`PERMITS`] each, and an insert may fan out to [`ADD_THREADS`].
@@ -35,29 +35,39 @@ pub const PERMITS: usize = 16;
 const ADD_THREADS: usize = 4;
 
 /// When to compare candidates one by one instead of walking the graph.
+///
+/// An exact scan costs about the same per matching point whatever the
+/// filter, so its cost grows with `m`, the points the filter keeps. A
+/// filtered walk visits more nodes the narrower the filter is, about in
+/// proportion to `N / m` for a partition of `N` points. The two meet where
+/// `m² ≈ ratio · N`; `bench/vector_search.sh --sweep` measures both sides,
+/// and `ratio` is set from it (bench/RESULTS.md).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Planner {
-    /// Search exactly when at most this many points match.
+    /// Search exactly when at most this many points match, whatever the
+    /// partition's size.
     pub exact_max: u64,
-    /// Search exactly when the filter keeps less than this fraction of the
-    /// partition: a walk through a graph that is mostly filtered out visits
-    /// many nodes per answer.
-    pub exact_below_fraction: f64,
+    /// Search exactly when `matching² ≤ exact_ratio × partition size`.
+    pub exact_ratio: f64,
 }
 
 impl Default for Planner {
-    /// Set from `bench/vector_search.sh` on 100k × 384 (bench/RESULTS.md).
+    /// On 100k × 384 (bench/RESULTS.md) an exact scan of thousands of
+    /// points costs about 0.35 µs per point and a filtered walk about
+    /// 0.2 ms divided by the fraction kept: they cross near `m² = 560 N`,
+    /// 7.5 % of 100k points.
     fn default() -> Self {
         Planner {
-            exact_max: 4096,
-            exact_below_fraction: 0.03,
+            exact_max: 1024,
+            exact_ratio: 560.0,
         }
     }
 }
 
 impl Planner {
     fn exact(&self, matching: u64, total: u64) -> bool {
-        matching <= self.exact_max || (matching as f64) < self.exact_below_fraction * total as f64
+        let m = matching as f64;
+        matching <= self.exact_max || m * m <= self.exact_ratio * total as f64
     }
 }
 
@@ -94,6 +104,9 @@ pub(crate) struct Prepared {
 pub(crate) struct Partition {
     dimension: usize,
     metric: Metric,
+    /// Candidates asked of the graph per answer wanted: more when the
+    /// graph's copy is quantized, so re-ranking recovers the exact order.
+    oversample: usize,
     graph: RwLock<Index>,
     points: RwLock<Points>,
 }
@@ -127,15 +140,27 @@ macro_rules! lock {
 }
 pub(crate) use lock;
 
+/// How the graph stores vectors for a collection.
+pub(crate) fn scalar_kind(metric: Metric, hnsw: HnswParams) -> ScalarKind {
+    match (hnsw.quantization, metric) {
+        (Quantization::F32, _) => ScalarKind::F32,
+        (Quantization::I8, _) | (Quantization::Auto, Metric::Cosine) => ScalarKind::I8,
+        (Quantization::F16, _) | (Quantization::Auto, _) => ScalarKind::F16,
+    }
+}
+
 /// Builds an empty usearch index.
 pub(crate) fn new_graph(dimension: usize, metric: Metric, hnsw: HnswParams) -> Result<Index> {
+    let quantization = scalar_kind(metric, hnsw);
     let options = IndexOptions {
         dimensions: dimension,
-        metric: match metric {
-            Metric::Cosine | Metric::Dot => MetricKind::IP,
-            Metric::L2 => MetricKind::L2sq,
+        metric: match (metric, quantization) {
+            // usearch's i8 kernels compare directions.
+            (_, ScalarKind::I8) => MetricKind::Cos,
+            (Metric::Cosine | Metric::Dot, _) => MetricKind::IP,
+            (Metric::L2, _) => MetricKind::L2sq,
         },
-        quantization: ScalarKind::F32,
+        quantization,
         connectivity: hnsw.m,
         expansion_add: hnsw.ef_construction,
         expansion_search: hnsw.ef_search,
@@ -154,6 +179,7 @@ impl Partition {
         Ok(Partition {
             dimension,
             metric,
+            oversample: oversample(metric, hnsw),
             graph: RwLock::new(new_graph(dimension, metric, hnsw)?),
             points: RwLock::new(Points::default()),
         })
@@ -164,6 +190,7 @@ impl Partition {
     pub fn restore(
         dimension: usize,
         metric: Metric,
+        hnsw: HnswParams,
         graph: Index,
         slots: Vec<Option<Prepared>>,
         vectors: Vec<f32>,
@@ -191,6 +218,7 @@ impl Partition {
         Partition {
             dimension,
             metric,
+            oversample: oversample(metric, hnsw),
             graph: RwLock::new(graph),
             points: RwLock::new(points),
         }
@@ -323,10 +351,8 @@ impl Partition {
     ) -> Result<Found> {
         let points = lock!(self.points, read);
         let total = points.live.len();
-        let candidates = match filter {
-            Some(f) => f.resolve(&points.index, &points.live),
-            None => points.live.clone(),
-        };
+        let filtered = filter.map(|f| f.resolve(&points.index, &points.live));
+        let candidates = filtered.as_ref().unwrap_or(&points.live);
         let matching = candidates.len();
         let wanted = (k as u64).min(matching) as usize;
         if wanted == 0 {
@@ -334,22 +360,31 @@ impl Partition {
         }
 
         let (mut hits, strategy) = if filter.is_some() && planner.exact(matching, total) {
-            (self.exact(&points, query, k, &candidates), Strategy::Exact)
+            (self.exact(&points, query, k, candidates), Strategy::Exact)
         } else {
             let graph = lock!(self.graph, read);
+            let wanted = k * self.oversample;
             let found = if filter.is_some() {
-                graph.filtered_search(query, k, |key| candidates.contains(key as u32))
+                graph.filtered_search(query, wanted, |key| candidates.contains(key as u32))
             } else {
-                graph.search(query, k)
+                graph.search(query, wanted)
             }
             .map_err(index_error)?;
-            let hits: Vec<(u32, f32)> = found
+            // Re-ranked with the full-precision vectors.
+            let mut hits: Vec<(u32, f32)> = found
                 .keys
                 .iter()
-                .zip(&found.distances)
-                .map(|(key, d)| (*key as u32, *d))
-                .filter(|(key, _)| candidates.contains(*key))
+                .map(|key| *key as u32)
+                .filter(|key| candidates.contains(*key))
+                .map(|key| {
+                    (
+                        key,
+                        distance(self.metric, query, points.vector(key, self.dimension)),
+                    )
+                })
                 .collect();
+            hits.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+            hits.truncate(k);
             let strategy = if filter.is_some() {
                 Strategy::FilteredGraph
             } else {
@@ -359,7 +394,7 @@ impl Partition {
         };
         // A walk that came back short falls back to the exact answer.
         if hits.len() < wanted {
-            hits = self.exact(&points, query, k, &candidates);
+            hits = self.exact(&points, query, k, candidates);
         }
 
         let answers = hits
@@ -458,29 +493,22 @@ impl Points {
 }
 
 /// The distance usearch would report: `1 - dot` for cosine and dot,
-/// squared euclidean for l2.
+/// squared euclidean for l2. numkong's kernels pick the widest SIMD the
+/// CPU has at run time, as usearch's do.
 pub(crate) fn distance(metric: Metric, a: &[f32], b: &[f32]) -> f32 {
+    use numkong::{Dot, Euclidean};
     match metric {
-        Metric::Cosine | Metric::Dot => 1.0 - dot(a, b),
-        Metric::L2 => a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum(),
+        Metric::Cosine | Metric::Dot => 1.0 - f32::dot(a, b).unwrap_or(0.0) as f32,
+        Metric::L2 => f32::sqeuclidean(a, b).unwrap_or(f64::INFINITY) as f32,
     }
 }
 
-/// A dot product the compiler vectorizes: eight independent sums.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let chunks = a.len() / 8 * 8;
-    for (ca, cb) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
-        for i in 0..8 {
-            acc[i] += ca[i] * cb[i];
-        }
+fn oversample(metric: Metric, hnsw: HnswParams) -> usize {
+    if scalar_kind(metric, hnsw) == ScalarKind::F32 {
+        1
+    } else {
+        2
     }
-    let tail: f32 = a[chunks..]
-        .iter()
-        .zip(&b[chunks..])
-        .map(|(x, y)| x * y)
-        .sum();
-    acc.iter().sum::<f32>() + tail
 }
 
 /// The score a client sees for a distance.

@@ -177,7 +177,14 @@ pub(crate) fn read(dir: &Path, spec: &CollectionSpec) -> Result<Option<Loaded>> 
             .ok_or_else(|| corrupt(&points_path, "truncated or malformed".to_owned()))??;
         partitions.push((
             p.value,
-            Partition::restore(spec.dimension, spec.metric, graph, slots, vectors),
+            Partition::restore(
+                spec.dimension,
+                spec.metric,
+                spec.hnsw,
+                graph,
+                slots,
+                vectors,
+            ),
         ));
     }
     Ok(Some((manifest.seq, partitions)))

@@ -61,6 +61,24 @@ impl FieldType {
     }
 }
 
+/// How the graph stores its copy of the vectors. The store keeps every
+/// vector in full precision beside the graph and re-ranks the graph's
+/// candidates with it, so a smaller graph copy trades little recall for
+/// much less memory traffic per query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Quantization {
+    /// `i8` for cosine, `f16` otherwise.
+    #[default]
+    Auto,
+    /// Full precision.
+    F32,
+    /// Half precision.
+    F16,
+    /// 8-bit integers; cosine only (vectors have unit length).
+    I8,
+}
+
 /// HNSW graph parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -69,8 +87,10 @@ pub struct HnswParams {
     pub m: usize,
     /// Candidate list size while inserting.
     pub ef_construction: usize,
-    /// Candidate list size while searching; a query may raise it.
+    /// Candidate list size while searching.
     pub ef_search: usize,
+    /// The graph's copy of the vectors (the embedded store only).
+    pub quantization: Quantization,
 }
 
 impl Default for HnswParams {
@@ -79,6 +99,7 @@ impl Default for HnswParams {
             m: 16,
             ef_construction: 128,
             ef_search: 64,
+            quantization: Quantization::Auto,
         }
     }
 }
@@ -160,6 +181,12 @@ impl CollectionSpec {
                 "must be between 1 and 4096",
             ));
         }
+        if h.quantization == Quantization::I8 && self.metric != Metric::Cosine {
+            return Err(VectorError::invalid(
+                "hnsw.quantization",
+                "i8 needs unit-length vectors: use it with metric cosine, or choose f16 or f32",
+            ));
+        }
         Ok(())
     }
 }
@@ -238,6 +265,10 @@ mod tests {
             (
                 serde_json::json!({"name": "a", "dimension": 4, "hnsw": {"m": 1}}),
                 "hnsw.m",
+            ),
+            (
+                serde_json::json!({"name": "a", "dimension": 4, "metric": "l2", "hnsw": {"quantization": "i8"}}),
+                "hnsw.quantization",
             ),
             (
                 serde_json::json!({"name": "a", "dimension": 4, "fields": {"p": "float"}, "partition_key": "p"}),

@@ -18,7 +18,7 @@ pub(super) struct RawVectors {
     fsync: bool,
     snapshot_wal_mb: u64,
     exact_max: u64,
-    exact_below_fraction: f64,
+    exact_ratio: f64,
 }
 
 impl Default for RawVectors {
@@ -30,7 +30,7 @@ impl Default for RawVectors {
             fsync: true,
             snapshot_wal_mb: 64,
             exact_max: planner.exact_max,
-            exact_below_fraction: planner.exact_below_fraction,
+            exact_ratio: planner.exact_ratio,
         }
     }
 }
@@ -71,10 +71,10 @@ pub(super) fn check_retrieval(
     if vectors.snapshot_wal_mb == 0 {
         bail!("key `vectors.snapshot_wal_mb`: must be at least 1");
     }
-    if !(0.0..=1.0).contains(&vectors.exact_below_fraction) {
+    if !vectors.exact_ratio.is_finite() || vectors.exact_ratio < 0.0 {
         bail!(
-            "key `vectors.exact_below_fraction`: must be 0 to 1, got {}",
-            vectors.exact_below_fraction
+            "key `vectors.exact_ratio`: must be a number of at least 0, got {}",
+            vectors.exact_ratio
         );
     }
     let mut setup = RetrievalSetup::new(dir);
@@ -92,7 +92,7 @@ pub(super) fn check_retrieval(
     setup.snapshot_wal_bytes = vectors.snapshot_wal_mb * 1024 * 1024;
     setup.planner = Planner {
         exact_max: vectors.exact_max,
-        exact_below_fraction: vectors.exact_below_fraction,
+        exact_ratio: vectors.exact_ratio,
     };
 
     let mut names = HashSet::new();
