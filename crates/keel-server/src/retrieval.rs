@@ -111,6 +111,8 @@ pub struct Retrieval {
 struct Named {
     embedder: Arc<dyn Embedder>,
     local: bool,
+    /// The gateway model and dimension of a remote embedder.
+    remote: Option<(String, usize)>,
 }
 
 impl Retrieval {
@@ -121,6 +123,10 @@ impl Retrieval {
     ) -> Result<Retrieval, RetrievalError> {
         let mut embedders = HashMap::new();
         for spec in setup.embedders {
+            let remote = match &spec.kind {
+                EmbedderKind::Remote { model, dimension } => Some((model.clone(), *dimension)),
+                _ => None,
+            };
             let (embedder, local): (Arc<dyn Embedder>, bool) = match &spec.kind {
                 EmbedderKind::Local { model_dir } => {
                     let dir = model_dir.clone();
@@ -153,7 +159,14 @@ impl Retrieval {
                 }
             };
             tracing::info!(name = %spec.name, id = embedder.id(), dimension = embedder.dimension(), "Embedder ready");
-            embedders.insert(spec.name, Named { embedder, local });
+            embedders.insert(
+                spec.name,
+                Named {
+                    embedder,
+                    local,
+                    remote,
+                },
+            );
         }
         let vectors = match &setup.postgres_url {
             Some(url) => VectorStore::Postgres(PgVectorStore::connect(url).await?),
@@ -183,6 +196,13 @@ impl Retrieval {
             .get(name)
             .filter(|n| n.local)
             .map(|n| Arc::clone(&n.embedder))
+    }
+
+    /// The gateway model and vector length behind a remote embedder, so
+    /// callers can route its calls through the gateway themselves (with
+    /// limits, budgets and the usage ledger).
+    pub fn remote_model(&self, name: &str) -> Option<(String, usize)> {
+        self.embedders.get(name).and_then(|n| n.remote.clone())
     }
 
     /// Every embedder's name, sorted.
@@ -225,36 +245,43 @@ impl Embedder for GatewayEmbedder {
                 .embed(&request)
                 .await
                 .map_err(|e| EmbedError::Upstream(e.message))?;
-            let mut out = vec![Vec::new(); texts.len()];
-            for (position, item) in response.data.iter().enumerate() {
-                let index = item
-                    .get("index")
-                    .and_then(|i| i.as_u64())
-                    .map_or(position, |i| i as usize);
-                let vector: Option<Vec<f32>> =
-                    item.get("embedding").and_then(|e| e.as_array()).map(|a| {
-                        a.iter()
-                            .filter_map(|x| x.as_f64())
-                            .map(|x| x as f32)
-                            .collect()
-                    });
-                match (out.get_mut(index), vector) {
-                    (Some(slot), Some(v)) if v.len() == self.dimension => *slot = v,
-                    _ => {
-                        return Err(EmbedError::Upstream(format!(
-                            "{} returned an embedding that is not {} numbers at index {index}",
-                            self.model, self.dimension
-                        )));
-                    }
-                }
-            }
-            if out.iter().any(Vec::is_empty) {
-                return Err(EmbedError::Upstream(format!(
-                    "{} returned fewer embeddings than inputs",
-                    self.model
-                )));
-            }
-            Ok(out)
+            vectors_of(&response, texts.len(), self.dimension, &self.model)
+                .map_err(EmbedError::Upstream)
         })
     }
+}
+
+/// The vectors of an OpenAI-style embeddings response, one per input in
+/// order, each `dimension` long; an error says what the upstream got wrong.
+pub(crate) fn vectors_of(
+    response: &keel_core::embeddings::EmbeddingResponse,
+    inputs: usize,
+    dimension: usize,
+    model: &str,
+) -> Result<Vec<Vec<f32>>, String> {
+    let mut out = vec![Vec::new(); inputs];
+    for (position, item) in response.data.iter().enumerate() {
+        let index = item
+            .get("index")
+            .and_then(|i| i.as_u64())
+            .map_or(position, |i| i as usize);
+        let vector: Option<Vec<f32>> = item.get("embedding").and_then(|e| e.as_array()).map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_f64())
+                .map(|x| x as f32)
+                .collect()
+        });
+        match (out.get_mut(index), vector) {
+            (Some(slot), Some(v)) if v.len() == dimension => *slot = v,
+            _ => {
+                return Err(format!(
+                    "{model} returned an embedding that is not {dimension} numbers at index {index}"
+                ));
+            }
+        }
+    }
+    if out.iter().any(Vec::is_empty) {
+        return Err(format!("{model} returned fewer embeddings than inputs"));
+    }
+    Ok(out)
 }

@@ -9,13 +9,19 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use http::{HeaderMap, StatusCode};
-use keel_core::ErrorCode;
+use keel_core::embeddings::{EmbeddingInput, EmbeddingRequest};
+use keel_core::{Cost, ErrorCode};
 use keel_vector::{Chunking, CollectionInfo, CollectionSpec, Point, Query, QueryResult, chunk};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use tokio::time::Instant;
 
+use crate::accounting::{Outcome, RequestContext};
 use crate::body::read_json;
 use crate::error::ApiError;
+use crate::limiting;
+use crate::retrieval::vectors_of;
+use crate::routes::refuse;
 use crate::state::AppState;
 
 /// Points per upsert request, at most.
@@ -137,6 +143,13 @@ pub async fn upsert(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let caller = state.keys.authenticate(&headers)?;
+    let ctx = RequestContext::new(
+        &state,
+        caller.clone(),
+        &headers,
+        "collections",
+        Instant::now(),
+    )?;
     let tenant = caller.tenant_id.as_str();
     let spec = state.retrieval.vectors.spec(tenant, &name).await?;
     let body: UpsertBody = read_json(body, state.settings.max_body_bytes).await?;
@@ -166,7 +179,7 @@ pub async fn upsert(
             (Some(_), None) => {}
         }
     }
-    let mut vectors = embed_texts(&state, &spec, &to_embed, "points[].text")
+    let mut vectors = embed_texts(&state, &ctx, &spec, &to_embed, "points[].text")
         .await?
         .into_iter();
     let points: Vec<Point> = body
@@ -317,6 +330,13 @@ pub async fn query(
     body: Body,
 ) -> Result<Json<QueryResult>, ApiError> {
     let caller = state.keys.authenticate(&headers)?;
+    let ctx = RequestContext::new(
+        &state,
+        caller.clone(),
+        &headers,
+        "collections",
+        Instant::now(),
+    )?;
     let tenant = caller.tenant_id.as_str();
     let spec = state.retrieval.vectors.spec(tenant, &name).await?;
     let body: QueryBody = read_json(body, state.settings.max_body_bytes).await?;
@@ -325,7 +345,7 @@ pub async fn query(
     }
     let vector = match (body.vector, body.text) {
         (Some(v), None) => v,
-        (None, Some(text)) => embed_texts(&state, &spec, &[text], "text")
+        (None, Some(text)) => embed_texts(&state, &ctx, &spec, &[text], "text")
             .await?
             .pop()
             .unwrap_or_default(),
@@ -392,6 +412,13 @@ pub async fn documents(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let caller = state.keys.authenticate(&headers)?;
+    let ctx = RequestContext::new(
+        &state,
+        caller.clone(),
+        &headers,
+        "collections",
+        Instant::now(),
+    )?;
     let tenant = caller.tenant_id.as_str();
     let spec = state.retrieval.vectors.spec(tenant, &name).await?;
     let body: DocumentsBody = read_json(body, state.settings.max_body_bytes).await?;
@@ -449,7 +476,7 @@ pub async fn documents(
                 .to_owned()
         })
         .collect();
-    let vectors = embed_texts(&state, &spec, &texts, "documents[].text").await?;
+    let vectors = embed_texts(&state, &ctx, &spec, &texts, "documents[].text").await?;
     for (p, v) in points.iter_mut().zip(vectors) {
         p.vector = v;
     }
@@ -473,8 +500,13 @@ pub async fn documents(
     Ok(Json(json!({"documents": counts.len(), "chunks": chunks})))
 }
 
+/// Embeds texts with the collection's embedder, as a request of its own in
+/// the caller's name: rate limits and budgets apply and the usage ledger
+/// records the tokens (and, through the gateway, the cost) under the
+/// embedder's name, or the remote model's.
 async fn embed_texts(
     state: &AppState,
+    ctx: &RequestContext,
     spec: &CollectionSpec,
     texts: &[String],
     field: &str,
@@ -488,18 +520,79 @@ async fn embed_texts(
             "this collection has no embedder; send vectors, or create it with `embedder`",
         )
     })?;
+    if let Some((model, dimension)) = state.retrieval.remote_model(name) {
+        return embed_remotely(state, ctx, model, dimension, texts).await;
+    }
     let embedder = state.retrieval.embedder(name).ok_or_else(|| {
         ApiError::new(
             ErrorCode::UpstreamUnavailable,
             format!("embedder {name:?} is no longer configured on this server"),
         )
     })?;
-    embedder.embed(texts).await.map_err(|e| match e {
-        keel_embed::EmbedError::Upstream(message) => {
-            ApiError::new(ErrorCode::UpstreamUnavailable, message)
+    let tokens = embedder.count_tokens(texts);
+    let admission = match limiting::admit_free(state, ctx, name, tokens).await {
+        Ok(a) => a,
+        Err(e) => return Err(refuse(state, ctx, name.to_owned(), e).await),
+    };
+    let vectors = match embedder.embed(texts).await {
+        Ok(v) => v,
+        Err(e) => {
+            let error = ApiError::internal("embed texts", &e);
+            return Err(refuse(state, ctx, name.to_owned(), error).await);
         }
-        other => ApiError::internal("embed texts", &other),
-    })
+    };
+    let outcome = Outcome {
+        model: name.to_owned(),
+        prompt_tokens: tokens,
+        status: 200,
+        ..Outcome::default()
+    };
+    ctx.finish(state, outcome).await;
+    if let Some(admission) = admission {
+        limiting::settle(state, admission, tokens, Cost::ZERO).await;
+    }
+    Ok(vectors)
+}
+
+/// Embeds through the gateway, exactly as `/v1/embeddings` would.
+async fn embed_remotely(
+    state: &AppState,
+    ctx: &RequestContext,
+    model: String,
+    dimension: usize,
+    texts: &[String],
+) -> Result<Vec<Vec<f32>>, ApiError> {
+    let request = EmbeddingRequest {
+        model: model.clone(),
+        input: EmbeddingInput::Texts(texts.to_vec()),
+        encoding_format: None,
+        dimensions: None,
+        extra: Map::new(),
+    };
+    let admission = match limiting::admit_embeddings(state, ctx, &request).await {
+        Ok(a) => a,
+        Err(e) => return Err(refuse(state, ctx, model, e).await),
+    };
+    let (response, served) = match state.gateway.embed(&request).await {
+        Ok(answer) => answer,
+        Err(e) => return Err(refuse(state, ctx, model, ApiError::from(e)).await),
+    };
+    let tokens = response.usage.prompt_tokens;
+    let vectors = vectors_of(&response, texts.len(), dimension, &model)
+        .map_err(|message| ApiError::new(ErrorCode::UpstreamBadResponse, message));
+    let outcome = Outcome {
+        model,
+        served: Some(served),
+        prompt_tokens: tokens,
+        status: if vectors.is_ok() { 200 } else { 502 },
+        error: vectors.as_ref().err().map(|e| e.code),
+        ..Outcome::default()
+    };
+    let (cost, _) = ctx.finish(state, outcome).await;
+    if let Some(admission) = admission {
+        limiting::settle(state, admission, tokens, cost).await;
+    }
+    vectors
 }
 
 fn bad(field: &str, message: &str) -> ApiError {

@@ -443,3 +443,129 @@ async fn local_embeddings_are_served_in_process_as_openai_does() {
         (400, Some("dimensions"))
     );
 }
+
+#[tokio::test]
+async fn embedding_for_collections_is_limited_and_accounted() {
+    let r = support::start(SimConfig::default(), |c| {
+        c.retrieval.fsync = false;
+        // An embedding model on the simulator, priced, behind a remote embedder.
+        let mut model = c.gateway.models[0].clone();
+        model.name = "emb".into();
+        model.kind = keel_gateway::ModelKind::Embedding;
+        model.deployments[0].pricing =
+            keel_core::Pricing::from_dollars_per_mtok(20.0, 0.0).unwrap();
+        c.gateway.models.push(model);
+        c.retrieval.embedders = vec![
+            EmbedderSpec {
+                name: "hash".into(),
+                kind: EmbedderKind::Hashing { dimension: 64 },
+                max_batch: 32,
+            },
+            EmbedderSpec {
+                name: "remote".into(),
+                kind: EmbedderKind::Remote {
+                    model: "emb".into(),
+                    dimension: 384,
+                },
+                max_batch: 32,
+            },
+        ];
+        let rule =
+            r#"{"id": "hash-rpm", "scope": "tenant=t1,model=hash", "requests": 2, "per": "1m"}"#;
+        c.limits.config.rules.push(
+            serde_json::from_str::<keel_limits::RuleSpec>(rule)
+                .unwrap()
+                .check()
+                .unwrap(),
+        );
+    })
+    .await;
+    for (name, embedder) in [("h", "hash"), ("rem", "remote")] {
+        let (status, body) = call(
+            &r,
+            KEY,
+            "POST",
+            "/collections",
+            Some(json!({"name": name, "embedder": embedder})),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let points = json!({"points": [{"id": "a", "text": "one two three"}]});
+    assert_eq!(
+        call(
+            &r,
+            KEY,
+            "POST",
+            "/collections/h/points",
+            Some(points.clone())
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        call(
+            &r,
+            KEY,
+            "POST",
+            "/collections/h/query",
+            Some(json!({"text": "one"}))
+        )
+        .await
+        .0,
+        200
+    );
+    let (status, body) = call(
+        &r,
+        KEY,
+        "POST",
+        "/collections/h/query",
+        Some(json!({"text": "two"})),
+    )
+    .await;
+    assert_eq!(
+        status, 429,
+        "the third embedding call passes the rule: {body}"
+    );
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    // Queries by vector embed nothing and are not limited by it.
+    let (status, _) = call(
+        &r,
+        KEY,
+        "POST",
+        "/collections/h/query",
+        Some(json!({"vector": vec![0.5; 64]})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        call(&r, KEY, "POST", "/collections/rem/points", Some(points))
+            .await
+            .0,
+        200
+    );
+
+    let url = r.store_url.clone();
+    r.app.shutdown().await;
+    let store = keel_store::Store::connect(&url).await.unwrap();
+    let rows = store
+        .usage(&keel_store::UsageQuery::default())
+        .await
+        .unwrap();
+    let hashed: Vec<_> = rows.iter().filter(|r| r.model == "hash").collect();
+    assert_eq!(hashed.len(), 3, "two embedded, one refused");
+    assert!(
+        hashed
+            .iter()
+            .filter(|r| r.status == 200)
+            .all(|r| r.prompt_tokens > 0 && r.cost_micros == 0)
+    );
+    let remote: Vec<_> = rows.iter().filter(|r| r.model == "emb").collect();
+    assert_eq!(remote.len(), 1);
+    assert!(
+        remote[0].prompt_tokens > 0 && remote[0].cost_micros > 0,
+        "{:?}",
+        remote[0]
+    );
+}
