@@ -88,6 +88,9 @@ struct Slot {
 pub(crate) struct Points {
     vectors: Vec<f32>,
     slots: Vec<Option<Slot>>,
+    /// Retired keys, reused by the next points stored, so updates do not
+    /// grow the arena (usearch reuses the graph's slots the same way).
+    free: Vec<u32>,
     ids: HashMap<String, u32>,
     live: RoaringBitmap,
     index: PayloadIndex,
@@ -202,6 +205,7 @@ impl Partition {
         for (key, slot) in slots.into_iter().enumerate() {
             let key = key as u32;
             match slot {
+                None => points.free.push(key),
                 Some(p) => {
                     points.index.insert(key, &p.extracted);
                     points.ids.insert(p.point.id.clone(), key);
@@ -212,7 +216,9 @@ impl Partition {
                         extracted: p.extracted,
                     }));
                 }
-                None => points.slots.push(None),
+            }
+            if points.slots.len() <= key as usize {
+                points.slots.push(None);
             }
         }
         Partition {
@@ -241,16 +247,16 @@ impl Partition {
                     points.retire(old);
                     retired.push(old);
                 }
-                let key = points.slots.len() as u32;
-                points.vectors.extend_from_slice(&p.point.vector);
+                let key = points.free.pop().unwrap_or(points.slots.len() as u32);
                 points.index.insert(key, &p.extracted);
                 points.ids.insert(p.point.id.clone(), key);
                 points.live.insert(key);
-                points.slots.push(Some(Slot {
+                let slot = Slot {
                     id: p.point.id,
                     payload: p.point.payload,
                     extracted: p.extracted,
-                }));
+                };
+                points.put(key, slot, &p.point.vector);
                 added.push(key);
             }
             (added, retired)
@@ -262,10 +268,12 @@ impl Partition {
             graph.remove(u64::from(key)).map_err(index_error)?;
         }
         let points = lock!(self.points, read);
-        // A key retired by a later point of the same batch is skipped.
+        // A key retired by a later point of the same batch is skipped, and
+        // one reused within the batch is added once.
+        let mut seen = RoaringBitmap::new();
         let added: Vec<u32> = added
             .into_iter()
-            .filter(|k| points.live.contains(*k))
+            .filter(|k| points.live.contains(*k) && seen.insert(*k))
             .collect();
         let add = |keys: &[u32]| -> Result<()> {
             for key in keys {
@@ -456,8 +464,22 @@ impl Points {
         if let Some(slot) = self.slots.get_mut(key as usize).and_then(Option::take) {
             self.index.remove(key, &slot.extracted);
             self.ids.remove(&slot.id);
+            self.free.push(key);
         }
         self.live.remove(key);
+    }
+
+    /// Stores a point under `key`: a retired slot, or the next new one.
+    fn put(&mut self, key: u32, slot: Slot, vector: &[f32]) {
+        let at = key as usize;
+        if at < self.slots.len() {
+            let start = at * vector.len();
+            self.vectors[start..start + vector.len()].copy_from_slice(vector);
+            self.slots[at] = Some(slot);
+        } else {
+            self.vectors.extend_from_slice(vector);
+            self.slots.push(Some(slot));
+        }
     }
 
     fn vector(&self, key: u32, dimension: usize) -> &[f32] {
@@ -533,5 +555,49 @@ impl PartialOrd for Ordered {
 impl Ord for Ordered {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.0.total_cmp(&other.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prepared(id: &str, x: f32) -> Prepared {
+        Prepared {
+            point: Point {
+                id: id.into(),
+                vector: vec![x, 1.0 - x],
+                payload: Map::new(),
+            },
+            extracted: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn updates_reuse_retired_slots_and_stay_searchable() {
+        let p = Partition::new(2, Metric::L2, HnswParams::default()).unwrap();
+        for round in 0..200 {
+            let x = round as f32 / 200.0;
+            p.upsert(vec![prepared("a", x), prepared("b", 1.0 - x)])
+                .unwrap();
+        }
+        // The same id twice in one batch: the last one wins.
+        p.upsert(vec![prepared("a", 0.2), prepared("a", 1.0)])
+            .unwrap();
+        p.delete(&["b".to_owned()]).unwrap();
+        p.upsert(vec![prepared("c", 0.5)]).unwrap();
+        let slots = lock!(p.points, read).slots.len();
+        assert!(
+            slots <= 4,
+            "the arena grew to {slots} slots for 2 live points"
+        );
+        assert_eq!(p.len(), 2);
+
+        let (hits, strategy, _) = p
+            .search(&[0.995, 0.005], 2, None, &Planner::default())
+            .unwrap();
+        assert_eq!(strategy, Strategy::Graph);
+        let ids: Vec<&str> = hits.iter().map(|(pt, _)| pt.id.as_str()).collect();
+        assert_eq!(ids, vec!["a", "c"]);
     }
 }
