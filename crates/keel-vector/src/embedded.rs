@@ -65,6 +65,9 @@ pub struct EmbeddedStore {
     options: Arc<EmbeddedOptions>,
     collections: Arc<RwLock<HashMap<Key, Arc<Entry>>>>,
     permits: Arc<Semaphore>,
+    /// Held while a collection's directory is created or removed, so two
+    /// requests for one name never write the same files.
+    catalog: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl EmbeddedStore {
@@ -92,6 +95,7 @@ impl EmbeddedStore {
             options: Arc::new(options),
             collections: Arc::new(RwLock::new(collections)),
             permits: Arc::new(Semaphore::new(PERMITS)),
+            catalog: Arc::default(),
         })
     }
 
@@ -99,6 +103,7 @@ impl EmbeddedStore {
     pub async fn create(&self, tenant: &str, mut spec: CollectionSpec) -> Result<CollectionInfo> {
         spec.validate()?;
         let key = (tenant.to_owned(), spec.name.clone());
+        let _catalog = self.catalog.lock().await;
         if lock!(self.collections, read).contains_key(&key) {
             return Err(VectorError::AlreadyExists { name: spec.name });
         }
@@ -144,6 +149,7 @@ impl EmbeddedStore {
     /// Deletes a collection and its files.
     pub async fn delete_collection(&self, tenant: &str, name: &str) -> Result<()> {
         let key = (tenant.to_owned(), name.to_owned());
+        let _catalog = self.catalog.lock().await;
         let removed = lock!(self.collections, write).remove(&key);
         if removed.is_none() {
             return Err(VectorError::NotFound {

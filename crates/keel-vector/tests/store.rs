@@ -683,3 +683,33 @@ async fn a_full_log_is_snapshotted_in_the_background() {
     }
     assert!(dir.path().join("acme/docs/snapshot/manifest.json").exists());
 }
+
+both!(racing_creates_of_one_name_make_exactly_one_collection);
+async fn racing_creates_of_one_name_make_exactly_one_collection(backend: Backend) {
+    let store = backend.open().await;
+    let mut racers = Vec::new();
+    for dim in 1..=8usize {
+        let store = store.clone();
+        racers.push(tokio::spawn(async move {
+            let created = store
+                .create("acme", spec(json!({"name": "race", "dimension": dim})))
+                .await;
+            (dim, created.is_ok())
+        }));
+    }
+    let mut winners = Vec::new();
+    for r in racers {
+        let (dim, won) = r.await.unwrap();
+        if won {
+            winners.push(dim);
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    // What is on disk (or in the catalog) is the winner's spec.
+    drop(store);
+    let store = backend.open().await;
+    assert_eq!(
+        store.info("acme", "race").await.unwrap().spec.dimension,
+        winners[0]
+    );
+}
