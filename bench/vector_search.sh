@@ -13,10 +13,19 @@
 # pgvector out). KEEL_VECTOR_SKIP_KEEL=1 runs the peers only.
 # Records: bench/out/vector_peers.json, /tmp/keel_vector.json, and the
 # merged bench/out/vector_search.json.
+#
+# Every system runs pinned to one core (BENCH_CPU, default 0; empty to
+# leave it unpinned): on this VM the two cores differ by up to 1.5x from
+# minute to minute, and a search thread that lands on the slower one
+# would decide the comparison. Builds therefore run on that core too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 data="bench/data/vectors"
+pin=()
+if [ -n "${BENCH_CPU-0}" ] && command -v taskset >/dev/null; then
+  pin=(taskset -c "${BENCH_CPU-0}")
+fi
 py="bench/.venv-vector/bin/python"
 if [ ! -x "$py" ]; then
   python3 -m venv bench/.venv-vector
@@ -32,13 +41,14 @@ url_args=()
 if [[ " $* " != *" --systems "* || " $* " == *pgvector* ]]; then
   url_args=(--url "$(scripts/pgvector.sh | tail -n1)")
 fi
-"$py" bench/vector_peers.py --data "$data" --json bench/out/vector_peers.json "${url_args[@]}" "$@" >/dev/null
+"${pin[@]}" "$py" bench/vector_peers.py --data "$data" --json bench/out/vector_peers.json "${url_args[@]}" "$@" >/dev/null
 
 results=(bench/out/vector_peers.json)
 if [ "${KEEL_VECTOR_SKIP_KEEL:-}" != 1 ]; then
   # --sweep also times exact scans against filtered walks (the planner's
   # crossover); its records are printed, not merged into the table.
-  cargo run --release -q -p keel-vector --example vector_bench -- --data "$data" --json /tmp/keel_vector.json --sweep
+  cargo build --release -q -p keel-vector --example vector_bench
+  "${pin[@]}" target/release/examples/vector_bench --data "$data" --json /tmp/keel_vector.json --sweep
   results+=(/tmp/keel_vector.json)
 fi
 echo
