@@ -151,6 +151,19 @@ impl Collection {
         self.apply_delete(&ids)
     }
 
+    /// Deletes every point the filter keeps, in every partition; returns
+    /// how many there were. Points stored while it runs are kept.
+    pub fn delete_matching(&self, filter: &Filter) -> Result<usize> {
+        let ids: Vec<String> = lock!(self.partitions, read)
+            .values()
+            .flat_map(|p| p.ids_matching(filter))
+            .collect();
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        self.delete(ids)
+    }
+
     /// Writes a snapshot and empties the log.
     pub fn snapshot(&self) -> Result<()> {
         let mut writer = lock!(self.writer, lock);

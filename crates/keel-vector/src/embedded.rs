@@ -204,6 +204,14 @@ impl EmbeddedStore {
         self.blocking(move || entry.collection.delete(ids)).await
     }
 
+    /// Deletes every point the filter keeps; returns how many there were.
+    pub async fn delete_matching(&self, tenant: &str, name: &str, filter: &Value) -> Result<usize> {
+        let entry = self.entry(tenant, name)?;
+        let filter = parse_filter(&entry.collection, Some(filter))?.unwrap_or_default();
+        self.blocking(move || entry.collection.delete_matching(&filter))
+            .await
+    }
+
     /// Counts points, optionally filtered and in one partition.
     pub async fn count(
         &self,

@@ -339,6 +339,16 @@ impl Partition {
             .collect()
     }
 
+    /// The ids of the points the filter keeps.
+    pub fn ids_matching(&self, filter: &Filter) -> Vec<String> {
+        let points = lock!(self.points, read);
+        let keys = filter.resolve(&points.index, &points.live);
+        keys.iter()
+            .filter_map(|key| points.slots.get(key as usize).and_then(Option::as_ref))
+            .map(|slot| slot.id.clone())
+            .collect()
+    }
+
     /// How many points the filter keeps.
     pub fn count(&self, filter: Option<&Filter>) -> u64 {
         let points = lock!(self.points, read);

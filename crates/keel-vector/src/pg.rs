@@ -293,6 +293,20 @@ impl PgVectorStore {
         Ok(done.rows_affected() as usize)
     }
 
+    /// Deletes every point the filter keeps; returns how many there were.
+    pub async fn delete_matching(&self, tenant: &str, name: &str, filter: &Value) -> Result<usize> {
+        let (spec, table) = self.lookup(tenant, name).await?;
+        let filter = parse(&spec, Some(filter))?.unwrap_or_default();
+        let mut sql = Sql::new(1);
+        let condition = sql.filter(&filter);
+        let text = format!("DELETE FROM {table} WHERE {condition}");
+        let done = bind_all(sqlx::query(&text), &sql.binds)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(done.rows_affected() as usize)
+    }
+
     /// Counts points, optionally filtered and in one partition.
     pub async fn count(
         &self,

@@ -94,6 +94,12 @@ impl VectorStore {
         each!(self, s => s.delete(tenant, name, ids).await)
     }
 
+    /// Deletes every point the filter keeps (raw JSON, checked against
+    /// the collection's indexed fields); returns how many there were.
+    pub async fn delete_matching(&self, tenant: &str, name: &str, filter: &Value) -> Result<usize> {
+        each!(self, s => s.delete_matching(tenant, name, filter).await)
+    }
+
     /// Counts points, optionally filtered and in one partition.
     pub async fn count(
         &self,
