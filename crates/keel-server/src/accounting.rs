@@ -127,6 +127,9 @@ impl RequestContext {
             stream: outcome.stream,
             attempts: outcome.served.as_ref().map_or(0, |s| i64::from(s.attempts)),
             cache: None,
+            saved_prompt_tokens: 0,
+            saved_completion_tokens: 0,
+            saved_cost_micros: 0,
         };
         if state.ledger.record(row).await.is_err() {
             // Only during shutdown, after intake closed: the row cannot be

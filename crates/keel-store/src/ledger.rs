@@ -381,6 +381,9 @@ mod tests {
             stream: false,
             attempts: 1,
             cache: None,
+            saved_prompt_tokens: 0,
+            saved_completion_tokens: 0,
+            saved_cost_micros: 0,
         }
     }
 

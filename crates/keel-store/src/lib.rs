@@ -23,6 +23,7 @@ pub use error::StoreError;
 pub use keys::{ApiKey, CreatedKey, NewKey, generate_secret, hash_key};
 pub use ledger::{Ledger, LedgerClosed, LedgerConfig, LedgerTask};
 pub use limits::{StoredBlock, StoredRule};
+pub use migrate::SCHEMA_VERSION;
 pub use tenants::{Tenant, User};
 pub use trend::{
     Bucket, Dimension, MAX_TREND_ROWS, TrendQuery, TrendRow, WeekOverWeek, change_ratio,

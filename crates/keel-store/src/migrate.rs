@@ -25,6 +25,9 @@ struct Migration {
 }
 
 /// Every migration, oldest first. Append only: never edit one that shipped.
+/// The schema version a migrated store is at: the newest migration's.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
 const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -37,6 +40,12 @@ const MIGRATIONS: &[Migration] = &[
         name: "limits",
         sqlite: include_str!("../migrations/sqlite/0002_limits.sql"),
         postgres: include_str!("../migrations/postgres/0002_limits.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "cache_savings",
+        sqlite: include_str!("../migrations/sqlite/0003_cache_savings.sql"),
+        postgres: include_str!("../migrations/postgres/0003_cache_savings.sql"),
     },
 ];
 

@@ -365,7 +365,8 @@ fn trend_sql(
     format!(
         "SELECT bucket_start_ms, grp, {sums} FROM (\
          SELECT ts_ms - (((ts_ms - {offset}) % {width}) + {width}) % {width} AS bucket_start_ms, \
-         {group} AS grp, status, error_code, prompt_tokens, completion_tokens, cost_micros \
+         {group} AS grp, status, error_code, prompt_tokens, completion_tokens, cost_micros, \
+         cache, saved_prompt_tokens, saved_completion_tokens, saved_cost_micros \
          FROM usage_ledger{filter}) AS bucketed \
          GROUP BY bucket_start_ms, grp LIMIT {limit}",
         sums = usage_sums!(),

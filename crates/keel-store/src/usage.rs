@@ -61,8 +61,15 @@ pub struct UsageRecord {
     pub stream: bool,
     /// Upstream attempts made (retries and fallbacks included).
     pub attempts: i64,
-    /// Cache outcome (`miss`, `exact`, `semantic`), if the cache ran.
+    /// Cache outcome (`miss`, `exact`, `semantic`, `stale`), if the cache
+    /// ran.
     pub cache: Option<String>,
+    /// Prompt tokens a cache hit avoided (the stored answer's).
+    pub saved_prompt_tokens: i64,
+    /// Completion tokens a cache hit avoided.
+    pub saved_completion_tokens: i64,
+    /// Cost a cache hit avoided, micro-dollars.
+    pub saved_cost_micros: i64,
 }
 
 /// Filters for reading the ledger; every field is optional and they combine
@@ -105,6 +112,12 @@ pub struct UsageTotals {
     pub completion_tokens: i64,
     /// Cost summed, micro-dollars.
     pub cost_micros: i64,
+    /// Requests answered from the cache.
+    pub cache_hits: i64,
+    /// Tokens the cache avoided (prompt and completion).
+    pub saved_tokens: i64,
+    /// Cost the cache avoided, micro-dollars.
+    pub saved_cost_micros: i64,
 }
 
 impl UsageTotals {
@@ -118,12 +131,13 @@ macro_rules! usage_columns {
     () => {
         "request_id, ts_ms, tenant_id, user_id, key_id, session, workflow, model, deployment, \
          provider, prompt_tokens, completion_tokens, cost_micros, latency_us, overhead_us, \
-         ttft_us, status, error_code, stream, attempts, cache"
+         ttft_us, status, error_code, stream, attempts, cache, saved_prompt_tokens, \
+         saved_completion_tokens, saved_cost_micros"
     };
 }
 
 /// Bound parameters per inserted row (the number of ledger columns).
-const USAGE_COLUMNS: usize = 21;
+const USAGE_COLUMNS: usize = 24;
 
 /// Rows per INSERT statement. SQLite builds before 3.32 allow at most 999
 /// bound parameters per statement; staying under that keeps any SQLite
@@ -139,7 +153,10 @@ macro_rules! usage_sums {
          CAST(COALESCE(SUM(CASE WHEN status >= 400 OR error_code IS NOT NULL THEN 1 ELSE 0 END), 0) AS BIGINT) AS errors, \
          CAST(COALESCE(SUM(prompt_tokens), 0) AS BIGINT) AS prompt_tokens, \
          CAST(COALESCE(SUM(completion_tokens), 0) AS BIGINT) AS completion_tokens, \
-         CAST(COALESCE(SUM(cost_micros), 0) AS BIGINT) AS cost_micros"
+         CAST(COALESCE(SUM(cost_micros), 0) AS BIGINT) AS cost_micros, \
+         CAST(COALESCE(SUM(CASE WHEN cache IN ('exact', 'semantic', 'stale') THEN 1 ELSE 0 END), 0) AS BIGINT) AS cache_hits, \
+         CAST(COALESCE(SUM(saved_prompt_tokens + saved_completion_tokens), 0) AS BIGINT) AS saved_tokens, \
+         CAST(COALESCE(SUM(saved_cost_micros), 0) AS BIGINT) AS saved_cost_micros"
     };
 }
 pub(crate) use usage_sums;
@@ -183,7 +200,10 @@ impl Store {
                             .bind(row.error_code.as_deref())
                             .bind(i16::from(row.stream))
                             .bind(row.attempts)
-                            .bind(row.cache.as_deref());
+                            .bind(row.cache.as_deref())
+                            .bind(row.saved_prompt_tokens)
+                            .bind(row.saved_completion_tokens)
+                            .bind(row.saved_cost_micros);
                     }
                     query.execute(&mut *tx).await?;
                 }
@@ -449,6 +469,9 @@ pub(crate) fn totals_from_row(row: &impl RowExt) -> Result<UsageTotals, sqlx::Er
         prompt_tokens: row.int("prompt_tokens")?,
         completion_tokens: row.int("completion_tokens")?,
         cost_micros: row.int("cost_micros")?,
+        cache_hits: row.int("cache_hits")?,
+        saved_tokens: row.int("saved_tokens")?,
+        saved_cost_micros: row.int("saved_cost_micros")?,
     })
 }
 
@@ -475,6 +498,9 @@ fn usage_from_row(row: &impl RowExt) -> Result<UsageRecord, sqlx::Error> {
         stream: row.flag("stream")?,
         attempts: row.int("attempts")?,
         cache: row.opt_text("cache")?,
+        saved_prompt_tokens: row.int("saved_prompt_tokens")?,
+        saved_completion_tokens: row.int("saved_completion_tokens")?,
+        saved_cost_micros: row.int("saved_cost_micros")?,
     })
 }
 
@@ -489,9 +515,10 @@ mod tests {
         assert!(!sql.contains('$'));
         let sql = insert_sql(2, Backend::Postgres);
         assert!(sql.contains("($1, $2, "));
-        assert!(sql.contains(", ($22, "));
-        assert!(sql.contains("$42)"));
-        assert!(!sql.contains("$43"));
+        let second_row = format!(", (${}, ", USAGE_COLUMNS + 1);
+        assert!(sql.contains(&second_row));
+        assert!(sql.contains(&format!("${})", 2 * USAGE_COLUMNS)));
+        assert!(!sql.contains(&format!("${}", 2 * USAGE_COLUMNS + 1)));
     }
 
     #[test]

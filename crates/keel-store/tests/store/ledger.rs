@@ -116,7 +116,10 @@ async fn data_survives_closing_and_reopening(db: TestDb) -> Result<()> {
     db.store.close().await;
 
     let reopened = db.reopen().await?;
-    assert_eq!(reopened.schema_version().await?, Some(2));
+    assert_eq!(
+        reopened.schema_version().await?,
+        Some(keel_store::SCHEMA_VERSION)
+    );
     assert!(reopened.tenant(&acme).await?.is_some());
     assert_eq!(reopened.active_keys().await?, vec![key]);
     assert_eq!(

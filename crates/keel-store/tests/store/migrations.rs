@@ -6,14 +6,20 @@ use keel_core::TenantId;
 use crate::support::TestDb;
 
 async fn migrating_again_changes_nothing(db: TestDb) -> Result<()> {
-    assert_eq!(db.store.schema_version().await?, Some(2));
+    assert_eq!(
+        db.store.schema_version().await?,
+        Some(keel_store::SCHEMA_VERSION)
+    );
     let id = TenantId::new("acme")?;
     db.store.create_tenant(&id, "Acme").await?;
 
     db.store.migrate().await?;
     db.store.migrate().await?;
 
-    assert_eq!(db.store.schema_version().await?, Some(2));
+    assert_eq!(
+        db.store.schema_version().await?,
+        Some(keel_store::SCHEMA_VERSION)
+    );
     assert!(db.store.tenant(&id).await?.is_some());
     Ok(())
 }
@@ -21,7 +27,10 @@ async fn migrating_again_changes_nothing(db: TestDb) -> Result<()> {
 async fn schema_version_is_none_before_the_first_migration(db: TestDb) -> Result<()> {
     assert_eq!(db.store.schema_version().await?, None);
     db.store.migrate().await?;
-    assert_eq!(db.store.schema_version().await?, Some(2));
+    assert_eq!(
+        db.store.schema_version().await?,
+        Some(keel_store::SCHEMA_VERSION)
+    );
     Ok(())
 }
 
@@ -43,7 +52,10 @@ async fn concurrent_migrations_apply_once(db: TestDb) -> Result<()> {
     c?;
     d?;
 
-    assert_eq!(db.store.schema_version().await?, Some(2));
+    assert_eq!(
+        db.store.schema_version().await?,
+        Some(keel_store::SCHEMA_VERSION)
+    );
     let id = TenantId::new("acme")?;
     others[0].create_tenant(&id, "Acme").await?;
     assert!(db.store.tenant(&id).await?.is_some());
@@ -57,7 +69,10 @@ async fn two_migrate_calls_on_one_store_may_overlap(db: TestDb) -> Result<()> {
     let (a, b) = tokio::join!(db.store.migrate(), db.store.migrate());
     a?;
     b?;
-    assert_eq!(db.store.schema_version().await?, Some(2));
+    assert_eq!(
+        db.store.schema_version().await?,
+        Some(keel_store::SCHEMA_VERSION)
+    );
     Ok(())
 }
 

@@ -271,6 +271,9 @@ pub fn usage_row(request_id: &str, tenant: &str, ts_ms: i64) -> UsageRecord {
         stream: false,
         attempts: 1,
         cache: None,
+        saved_prompt_tokens: 0,
+        saved_completion_tokens: 0,
+        saved_cost_micros: 0,
     }
 }
 

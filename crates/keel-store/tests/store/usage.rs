@@ -221,6 +221,7 @@ async fn totals_sum_the_matching_rows(db: TestDb) -> Result<()> {
             prompt_tokens: 20,
             completion_tokens: 10,
             cost_micros: 1_000_014,
+            ..UsageTotals::default()
         }
     );
     Ok(())

@@ -49,6 +49,7 @@ fn totals(ns: &[i64], errors: i64) -> UsageTotals {
         prompt_tokens: n,
         completion_tokens: 2 * n,
         cost_micros: 100 * n,
+        ..UsageTotals::default()
     }
 }
 

@@ -206,6 +206,9 @@ fn request(id: &str, tenant: &str, user: &str, hours_ago: i64) -> UsageRecord {
         stream: false,
         attempts: 1,
         cache: None,
+        saved_prompt_tokens: 0,
+        saved_completion_tokens: 0,
+        saved_cost_micros: 0,
     }
 }
 
