@@ -5,6 +5,7 @@
 //! for existing label sets; a new label set takes a short write lock once.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -105,6 +106,30 @@ pub struct BackendLabels {
     pub operation: &'static str,
 }
 
+/// Labels of cache lookups.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// The tenant id.
+    pub tenant: String,
+    /// `exact`, `semantic`, `stale` or `miss`.
+    pub kind: &'static str,
+}
+
+/// Labels of cache hit ratios.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HitRatioLabels {
+    /// `exact`, `semantic` or `stale`.
+    pub kind: &'static str,
+}
+
+/// Labels of guard vetoes.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VetoLabels {
+    /// The check that vetoed (`numbers`, `negation`, `opposite`,
+    /// `entities`, `order`, `language`).
+    pub reason: &'static str,
+}
+
 /// A breaker state as a gauge value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerStateValue {
@@ -154,6 +179,18 @@ pub struct Families {
     pub budget_thresholds: Family<ThresholdLabels, Counter>,
     /// Calls to the shared limits backend (Redis) that failed or timed out.
     pub limits_backend_errors: Family<BackendLabels, Counter>,
+    /// Cache lookups by tenant and outcome.
+    pub cache_lookups: Family<CacheLabels, Counter>,
+    /// Share of all lookups since start answered by each kind of hit.
+    pub cache_hit_ratio: Family<HitRatioLabels, Gauge<f64, AtomicU64>>,
+    /// Cost the cache avoided, micro-dollars, by tenant and model.
+    pub cache_saved_micros: Family<SpendLabels, Counter>,
+    /// Tokens the cache avoided by tenant, model and direction.
+    pub cache_saved_tokens: Family<TokenLabels, Counter>,
+    /// Semantic hits the guard refused, by check.
+    pub cache_vetoes: Family<VetoLabels, Counter>,
+    /// Lookups since start, and hits of each kind, for the ratios.
+    cache_counts: [AtomicU64; 4],
 }
 
 /// A request being served; dropping it takes it off the in-flight gauge.
@@ -201,6 +238,12 @@ impl Metrics {
             limit_refusals: Family::default(),
             budget_thresholds: Family::default(),
             limits_backend_errors: Family::default(),
+            cache_lookups: Family::default(),
+            cache_hit_ratio: Family::default(),
+            cache_saved_micros: Family::default(),
+            cache_saved_tokens: Family::default(),
+            cache_vetoes: Family::default(),
+            cache_counts: Default::default(),
         };
         let r = &mut registry;
         r.register(
@@ -278,6 +321,31 @@ impl Metrics {
             "Failed or timed-out calls to the shared limits backend",
             m.limits_backend_errors.clone(),
         );
+        r.register(
+            "cache_lookups",
+            "Response cache lookups by tenant and outcome",
+            m.cache_lookups.clone(),
+        );
+        r.register(
+            "cache_hit_ratio",
+            "Share of cache lookups since start answered by each kind of hit",
+            m.cache_hit_ratio.clone(),
+        );
+        r.register(
+            "cache_saved_cost_micros",
+            "Spend the cache avoided, in micro-dollars",
+            m.cache_saved_micros.clone(),
+        );
+        r.register(
+            "cache_saved_tokens",
+            "Tokens the cache avoided",
+            m.cache_saved_tokens.clone(),
+        );
+        r.register(
+            "cache_guard_vetoes",
+            "Semantic cache hits the guard refused, by check",
+            m.cache_vetoes.clone(),
+        );
         Metrics(Arc::new(Families { registry, ..m }))
     }
 
@@ -288,6 +356,29 @@ impl Metrics {
                 deployment: deployment.to_owned(),
             })
             .set(state as i64);
+    }
+
+    /// Counts one cache lookup's outcome (`exact`, `semantic`, `stale` or
+    /// `miss`) and refreshes the hit ratios.
+    pub fn record_cache_lookup(&self, tenant: &str, kind: &'static str) {
+        self.cache_lookups
+            .get_or_create(&CacheLabels {
+                tenant: tenant.to_owned(),
+                kind,
+            })
+            .inc();
+        const KINDS: [&str; 3] = ["exact", "semantic", "stale"];
+        let counts = &self.cache_counts;
+        let total = counts[3].fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(i) = KINDS.iter().position(|k| *k == kind) {
+            counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        for (i, kind) in KINDS.into_iter().enumerate() {
+            let hits = counts[i].load(Ordering::Relaxed);
+            self.cache_hit_ratio
+                .get_or_create(&HitRatioLabels { kind })
+                .set(hits as f64 / total as f64);
+        }
     }
 
     /// Counts a request in `keel_in_flight_requests` until the returned
