@@ -291,6 +291,32 @@ def run(system, data, cases):
     return records
 
 
+def race(system, data, args):
+    """Unfiltered search for a fixed time, started together with another
+    process: builds, writes RACE/<name>.ready, waits for RACE/go, then
+    queries round the query set for --duration seconds
+    (bench/vector_race.sh runs two systems at once on opposite cores)."""
+    log(f"{system.name}: building for a race")
+    build_s, params = system.build()
+    system.prepare(None)
+    results = [system.search(qv[None, :]) for qv in data.queries]
+    race_dir = pathlib.Path(args.race)
+    (race_dir / f"{system.name}.ready").write_text("")
+    while not (race_dir / "go").exists():
+        time.sleep(0.01)
+    shaped = [qv[None, :] for qv in data.queries]
+    done, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < args.duration:
+        for qv in shaped:
+            system.search(qv)
+        done += len(shaped)
+    qps = done / (time.perf_counter() - t0)
+    system.close()
+    return [{"system": system.name, "case": "unfiltered", "recall": round(recall(data.gt["unfiltered"], results), 4),
+             "qps": round(qps, 1), "min_rows": int(min(len(r) for r in results)), "build_s": round(build_s, 2),
+             "params": params}]
+
+
 # ---------------------------------------------------------------- report
 
 CASE_ALIASES = {"unfiltered": "unfiltered", "all": "unfiltered", "none": "unfiltered", "gt_all": "unfiltered",
@@ -331,6 +357,8 @@ def main():
     ap.add_argument("--ef", type=int, default=64, help="ef_search")
     ap.add_argument("--build-threads", type=int, default=1)
     ap.add_argument("--json", help="write the records here")
+    ap.add_argument("--race", metavar="DIR", help="unfiltered, timed, started with another process (vector_race.sh)")
+    ap.add_argument("--duration", type=float, default=20.0, help="seconds of querying in a race")
     ap.add_argument("--merge", nargs="+", metavar="JSON",
                     help="only print one table of these record files (and write it with --json)")
     args = ap.parse_args()
@@ -347,7 +375,10 @@ def main():
         for name in [s.strip() for s in args.systems.split(",") if s.strip()]:
             if name not in SYSTEMS:
                 raise SystemExit(f"unknown system {name!r} (know {', '.join(SYSTEMS)})")
-            records += run(SYSTEMS[name](data, args), data, args.cases.split(","))
+            if args.race:
+                records += race(SYSTEMS[name](data, args), data, args)
+            else:
+                records += run(SYSTEMS[name](data, args), data, args.cases.split(","))
     if args.json:
         pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(args.json).write_text(json.dumps(records, indent=2) + "\n")

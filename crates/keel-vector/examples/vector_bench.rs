@@ -5,7 +5,7 @@
 //! graph walk at several selectivities, which is where the planner's
 //! defaults come from.
 //!
-//! `cargo run --release -p keel-vector --example vector_bench -- --data DIR [--json FILE] [--cases unfiltered,1%,10%,50%] [--sweep]`
+//! `cargo run --release -p keel-vector --example vector_bench -- --data DIR [--json FILE] [--cases unfiltered,1%,10%,50%] [--sweep] [--race DIR --duration SECS]`
 
 #![expect(clippy::print_stdout, reason = "a benchmark prints its results")]
 #![expect(
@@ -127,6 +127,47 @@ async fn run(
     }
 }
 
+/// Unfiltered search for a fixed time, started together with another
+/// process (`bench/vector_race.sh`): writes `<dir>/keel.ready` once built
+/// and warmed, waits for `<dir>/go`, then queries round the query set for
+/// `duration` seconds.
+async fn race(
+    store: &EmbeddedStore,
+    data: &Data,
+    dir: &std::path::Path,
+    race_dir: PathBuf,
+    duration: f64,
+    build_s: f64,
+) -> Value {
+    let truth = u32s(dir.join("gt_all.u32"));
+    let first = run(store, data, None, Some(&truth), None, 1).await;
+    std::fs::write(race_dir.join("keel.ready"), "").unwrap();
+    while !race_dir.join("go").exists() {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let started = Instant::now();
+    let mut done = 0usize;
+    while started.elapsed().as_secs_f64() < duration {
+        for i in 0..data.q {
+            let query = Query {
+                vector: data.queries[i * data.dim..(i + 1) * data.dim].to_vec(),
+                k: data.k,
+                ..Query::default()
+            };
+            store.query("bench", "vectors", None, query).await.unwrap();
+        }
+        done += data.q;
+    }
+    let qps = done as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "keel race: {qps:.0} q/s, recall@10 {:.4}",
+        first.recall.unwrap_or(0.0)
+    );
+    json!({"system": "keel", "case": "unfiltered", "recall": first.recall, "qps": qps,
+        "min_rows": first.min_rows, "build_s": build_s,
+        "params": {"m": 16, "ef_construction": 128, "ef_search": 64}})
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -171,6 +212,23 @@ async fn main() {
     }
     let build_s = started.elapsed().as_secs_f64();
     println!("keel: built {} × {} in {build_s:.1} s", data.n, data.dim);
+
+    if let Some(race_dir) = arg("--race") {
+        let duration: f64 = arg("--duration").map_or(20.0, |d| d.parse().unwrap());
+        let record = race(
+            &store,
+            &data,
+            &dir,
+            PathBuf::from(race_dir),
+            duration,
+            build_s,
+        )
+        .await;
+        if let Some(path) = arg("--json") {
+            std::fs::write(path, serde_json::to_string_pretty(&[record]).unwrap()).unwrap();
+        }
+        return;
+    }
 
     let mut records = Vec::new();
     for (case, below, gt) in [

@@ -157,11 +157,13 @@ pub(crate) fn new_graph(dimension: usize, metric: Metric, hnsw: HnswParams) -> R
     let quantization = scalar_kind(metric, hnsw);
     let options = IndexOptions {
         dimensions: dimension,
-        metric: match (metric, quantization) {
-            // usearch's i8 kernels compare directions.
-            (_, ScalarKind::I8) => MetricKind::Cos,
-            (Metric::Cosine | Metric::Dot, _) => MetricKind::IP,
-            (Metric::L2, _) => MetricKind::L2sq,
+        // Cosine vectors are stored at unit length, and usearch scales each
+        // to unit length on its way to i8 (the only metric i8 is allowed
+        // with), so a dot product ranks them by direction at a third of
+        // the angular kernel's work, which also sums both norms.
+        metric: match metric {
+            Metric::Cosine | Metric::Dot => MetricKind::IP,
+            Metric::L2 => MetricKind::L2sq,
         },
         quantization,
         connectivity: hnsw.m,
