@@ -19,6 +19,7 @@
 //! Which checks there are, and what they cost in paraphrase hits, come from
 //! the labeled pairs in `bench/cache/` (see `bench/RESULTS.md`).
 
+mod gazetteer;
 mod words;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -283,7 +284,7 @@ fn lists() -> &'static Lists {
             .collect(),
         numbers: words::NUMBER_WORDS.iter().copied().collect(),
         function: words::FUNCTION_WORDS.iter().copied().collect(),
-        gazetteer: words::GAZETTEER.iter().copied().collect(),
+        gazetteer: gazetteer::GAZETTEER.iter().copied().collect(),
         languages: words::LANGUAGE_MARKERS
             .iter()
             .map(|(lang, markers)| (*lang, markers.iter().copied().collect()))
