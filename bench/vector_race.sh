@@ -40,7 +40,14 @@ for round in $(seq "$rounds"); do
     taskset -c "$peer_cpu" "$py" bench/vector_peers.py --data "$data" --systems hnswlib \
       --build-threads 1 --race "$dir" --duration "$duration" --json "$dir/hnswlib.json" >/dev/null 2>&1 &
     peer_pid=$!
-    until [ -f "$dir/keel.ready" ] && [ -f "$dir/hnswlib.ready" ]; do sleep 0.1; done
+    until [ -f "$dir/keel.ready" ] && [ -f "$dir/hnswlib.ready" ]; do
+      if ! kill -0 "$keel_pid" "$peer_pid" 2>/dev/null; then
+        echo "a racer exited before it was ready" >&2
+        kill "$keel_pid" "$peer_pid" 2>/dev/null || true
+        exit 1
+      fi
+      sleep 0.1
+    done
     touch "$dir/go"
     wait "$keel_pid" "$peer_pid"
     records+=("$dir/keel.json" "$dir/hnswlib.json")
