@@ -126,6 +126,17 @@ impl EmbeddedStore {
         Ok(info)
     }
 
+    /// Every tenant (namespace) that has a collection, sorted.
+    pub fn tenants(&self) -> Vec<String> {
+        let mut out: Vec<String> = lock!(self.collections, read)
+            .keys()
+            .map(|(t, _)| t.clone())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// A tenant's collections, by name.
     pub fn list(&self, tenant: &str) -> Vec<CollectionInfo> {
         let mut out: Vec<CollectionInfo> = lock!(self.collections, read)

@@ -29,6 +29,7 @@ mod snapshot;
 pub mod spec;
 mod sql;
 mod store;
+pub mod testing;
 mod wal;
 
 pub use chunk::{Chunking, chunk};

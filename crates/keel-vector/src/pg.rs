@@ -137,6 +137,16 @@ impl PgVectorStore {
         })
     }
 
+    /// Every tenant (namespace) that has a collection, sorted.
+    pub async fn tenants(&self) -> Result<Vec<String>> {
+        let rows =
+            sqlx::query("SELECT DISTINCT tenant FROM keel_vector_collections ORDER BY tenant")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     /// A tenant's collections, by name.
     pub async fn list(&self, tenant: &str) -> Result<Vec<CollectionInfo>> {
         let rows =

@@ -44,6 +44,14 @@ impl VectorStore {
         each!(self, s => s.create(tenant, spec).await)
     }
 
+    /// Every tenant (namespace) that has a collection, sorted.
+    pub async fn tenants(&self) -> Result<Vec<String>> {
+        match self {
+            VectorStore::Embedded(s) => Ok(s.tenants()),
+            VectorStore::Postgres(s) => s.tenants().await,
+        }
+    }
+
     /// A tenant's collections, by name.
     pub async fn list(&self, tenant: &str) -> Result<Vec<CollectionInfo>> {
         match self {

@@ -6,14 +6,11 @@
 
 #![expect(clippy::unwrap_used, clippy::panic, reason = "tests fail loudly")]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use keel_vector::{
     CollectionSpec, EmbeddedOptions, EmbeddedStore, PgVectorStore, Point, Query, Strategy,
     VectorError, VectorStore,
 };
 use serde_json::{Value, json};
-use sqlx::Connection;
 
 fn spec(json: Value) -> CollectionSpec {
     serde_json::from_value(json).unwrap()
@@ -37,11 +34,6 @@ enum Backend {
     Postgres(String),
 }
 
-fn pgvector_url() -> String {
-    std::env::var("KEEL_TEST_PGVECTOR_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433/keel".into())
-}
-
 impl Backend {
     fn embedded() -> Backend {
         Backend::Embedded(tempfile::tempdir().unwrap())
@@ -49,30 +41,9 @@ impl Backend {
 
     /// A new database on the pgvector server.
     async fn postgres() -> Backend {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let base = pgvector_url();
-        let name = format!(
-            "keel_vec_test_{}_{}_{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_millis()
-        );
-        let mut admin = sqlx::PgConnection::connect(&base)
+        let url = keel_vector::testing::scratch_database("keel_vec_test")
             .await
-            .unwrap_or_else(|e| {
-                panic!("pgvector server at {base}: {e}; start it with scripts/pgvector.sh")
-            });
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        let url = match base.rfind('/') {
-            Some(i) => format!("{}/{name}", &base[..i]),
-            None => panic!("bad url {base}"),
-        };
+            .unwrap_or_else(|e| panic!("{e}"));
         Backend::Postgres(url)
     }
 
