@@ -103,8 +103,11 @@ struct Inner {
     flights: Flights,
 }
 
+/// What every cache namespace starts with; tenant ids cannot contain `~`.
+const NAMESPACE_PREFIX: &str = "~cache.";
+
 fn namespace(tenant: &str) -> String {
-    format!("~cache.{tenant}")
+    format!("{NAMESPACE_PREFIX}{tenant}")
 }
 
 impl ResponseCache {
@@ -134,6 +137,11 @@ impl ResponseCache {
         &self.inner.settings
     }
 
+    /// The cache clock's time, Unix milliseconds.
+    pub fn now_ms(&self) -> i64 {
+        self.inner.clock.now_ms()
+    }
+
     /// Requests being generated now, shared by identical ones.
     pub fn flights(&self) -> &Flights {
         &self.inner.flights
@@ -157,17 +165,36 @@ impl ResponseCache {
 
     /// A fresh entry for the request: exact first, then semantic.
     pub async fn lookup(&self, probe: &mut Probe) -> Result<Option<Hit>, CacheError> {
-        self.find(probe, false).await
+        let found = self.find(probe, false).await;
+        self.gone_is_empty(&probe.namespace, found)
     }
 
     /// An entry past its TTL but still kept, for when every upstream
     /// failed; fresh entries qualify too.
     pub async fn stale(&self, probe: &mut Probe) -> Result<Option<Hit>, CacheError> {
-        let found = self.find(probe, true).await?;
+        let found = self.find(probe, true).await;
+        let found = self.gone_is_empty(&probe.namespace, found)?;
         Ok(found.map(|hit| Hit {
             kind: HitKind::Stale,
             ..hit
         }))
+    }
+
+    /// A namespace whose collection went away since it was seen (another
+    /// process invalidated the whole tenant) holds nothing; it is looked
+    /// up afresh next time.
+    fn gone_is_empty<T: Default>(
+        &self,
+        ns: &str,
+        result: Result<T, CacheError>,
+    ) -> Result<T, CacheError> {
+        match result {
+            Err(CacheError::Store(VectorError::NotFound { .. })) => {
+                write(&self.inner.ready).remove(ns);
+                Ok(T::default())
+            }
+            other => other,
+        }
     }
 
     async fn find(&self, probe: &mut Probe, stale: bool) -> Result<Option<Hit>, CacheError> {
@@ -275,21 +302,36 @@ impl ResponseCache {
         cost_micros: i64,
         tokens: (u64, u64),
     ) -> Result<Option<Arc<Entry>>, CacheError> {
-        let s = &self.inner.settings;
-        if s.response_allowed(response).is_err() {
+        let Some(entry) = self.prepare(probe, response, cost_micros, tokens) else {
             return Ok(None);
+        };
+        self.store(probe, &entry).await?;
+        Ok(Some(entry))
+    }
+
+    /// The entry a response would be stored as, or `None` when it may not
+    /// be cached (see [`CacheSettings::response_allowed`]). Nothing is
+    /// stored yet: the request's flight can share it at once, and
+    /// [`ResponseCache::store`] runs off the request path.
+    pub fn prepare(
+        &self,
+        probe: &Probe,
+        response: &ChatCompletion,
+        cost_micros: i64,
+        tokens: (u64, u64),
+    ) -> Option<Arc<Entry>> {
+        let s = &self.inner.settings;
+        if let Err(skip) = s.response_allowed(response) {
+            tracing::debug!(?skip, "Response not cached");
+            return None;
         }
         let now = self.inner.clock.now_ms();
         let ttl_ms = millis(s.ttl);
-        let semantic = s.semantic && probe.key.question.is_some();
-        let vector = match semantic {
-            true => self.vector(probe).await?,
-            false => None,
-        };
-        let entry = Entry {
-            context: match vector {
-                Some(_) => probe.key.context.clone(),
-                None => EXACT_ONLY.to_owned(),
+        let semantic = s.semantic && probe.key.question.is_some() && self.inner.embedder.is_some();
+        Some(Arc::new(Entry {
+            context: match semantic {
+                true => probe.key.context.clone(),
+                false => EXACT_ONLY.to_owned(),
             },
             question: probe.key.question.clone(),
             model: probe.model.clone(),
@@ -302,15 +344,53 @@ impl ResponseCache {
             keep_until_ms: now
                 .saturating_add(ttl_ms)
                 .saturating_add(millis(s.stale_ttl)),
+        }))
+    }
+
+    /// Stores an entry made by [`ResponseCache::prepare`] under the probe's
+    /// key, embedding its question unless a lookup already did.
+    pub async fn store(&self, probe: &mut Probe, entry: &Entry) -> Result<(), CacheError> {
+        let mut entry = entry.clone();
+        let vector = match entry.context == EXACT_ONLY {
+            true => None,
+            false => self.vector(probe).await?,
         };
-        let vector = vector.unwrap_or_else(|| self.placeholder());
-        self.ensure(&probe.namespace).await?;
-        let point = entry.clone().into_point(probe.key.exact.clone(), vector);
-        self.inner
+        let vector = vector.unwrap_or_else(|| {
+            // Without a vector, no semantic lookup may reach the entry.
+            entry.context = EXACT_ONLY.to_owned();
+            self.placeholder()
+        });
+        let point = entry.into_point(probe.key.exact.clone(), vector);
+        let ns = &probe.namespace;
+        self.ensure(ns).await?;
+        let stored = self
+            .inner
             .store
-            .upsert(&probe.namespace, COLLECTION, vec![point])
-            .await?;
-        Ok(Some(Arc::new(entry)))
+            .upsert(ns, COLLECTION, vec![point.clone()])
+            .await;
+        match stored {
+            // Dropped by another process since this one saw it: make it
+            // again, once.
+            Err(VectorError::NotFound { .. }) => {
+                write(&self.inner.ready).remove(ns);
+                self.ensure(ns).await?;
+                self.inner.store.upsert(ns, COLLECTION, vec![point]).await?;
+            }
+            other => {
+                other?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every tenant with cache entries, in this process or (on pgvector)
+    /// any other.
+    pub async fn tenants(&self) -> Result<Vec<String>, CacheError> {
+        let all = self.inner.store.tenants().await?;
+        Ok(all
+            .into_iter()
+            .filter_map(|ns| ns.strip_prefix(NAMESPACE_PREFIX).map(str::to_owned))
+            .collect())
     }
 
     /// Deletes a tenant's entries, or only those of one model; returns how

@@ -89,23 +89,30 @@ impl Flights {
 }
 
 impl Leader {
+    /// Hands the answer to every follower, those waiting now and those
+    /// that join until the leader is dropped (while its answer is being
+    /// stored, say).
+    pub fn share(&mut self, entry: Arc<Entry>) {
+        if let Some(sender) = &self.sender {
+            sender.send_replace(Some(entry));
+        }
+    }
+
     /// Hands the answer to every follower (`None`: they must generate
     /// their own) and ends the flight.
     pub fn land(mut self, entry: Option<Arc<Entry>>) {
-        self.flights.close(&self.key);
-        if let Some(sender) = self.sender.take() {
-            let _ = sender.send(entry);
+        if let Some(entry) = entry {
+            self.share(entry);
         }
     }
 }
 
 impl Drop for Leader {
-    /// A leader dropped without landing (its request failed or was
-    /// abandoned) lands empty.
+    /// Ends the flight; a leader dropped without sharing an answer (its
+    /// request failed or was abandoned) lets its followers go upstream.
     fn drop(&mut self) {
-        if self.sender.is_some() {
-            self.flights.close(&self.key);
-        }
+        self.flights.close(&self.key);
+        self.sender.take();
     }
 }
 
@@ -162,6 +169,21 @@ mod tests {
             assert_eq!(f.await.ok().flatten(), Some(entry()));
         }
         assert!(flights.is_empty());
+        assert!(matches!(flights.join("k"), Seat::Leader(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shared_answer_serves_late_followers_until_the_leader_ends() {
+        let flights = Flights::default();
+        let Seat::Leader(mut leader) = flights.join("k") else {
+            panic!("first is the leader")
+        };
+        leader.share(entry());
+        let Seat::Follower(late) = flights.join("k") else {
+            panic!("the flight is still open")
+        };
+        assert_eq!(late.wait(Duration::from_secs(1)).await, Some(entry()));
+        drop(leader);
         assert!(matches!(flights.join("k"), Seat::Leader(_)));
     }
 
