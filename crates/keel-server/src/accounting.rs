@@ -63,6 +63,42 @@ pub struct Outcome {
     pub stream: bool,
     /// Time to the first streamed content.
     pub ttft: Option<Duration>,
+    /// What the response cache did, when it saw the request.
+    pub cache: Option<CacheUse>,
+}
+
+/// What the response cache did for a request: its outcome, and for hits
+/// the tokens and cost the stored answer saved.
+#[derive(Debug, Clone, Default)]
+pub struct CacheUse {
+    /// `miss`, `exact`, `semantic` or `stale`.
+    pub kind: &'static str,
+    /// Prompt tokens not sent upstream.
+    pub saved_prompt_tokens: u64,
+    /// Completion tokens not generated.
+    pub saved_completion_tokens: u64,
+    /// What generating the answer cost when it was stored.
+    pub saved_cost: Cost,
+}
+
+impl CacheUse {
+    /// A miss.
+    pub fn miss() -> CacheUse {
+        CacheUse {
+            kind: "miss",
+            ..CacheUse::default()
+        }
+    }
+
+    /// A hit on `entry`.
+    pub fn hit(kind: keel_cache::HitKind, entry: &keel_cache::Entry) -> CacheUse {
+        CacheUse {
+            kind: kind.as_str(),
+            saved_prompt_tokens: entry.prompt_tokens,
+            saved_completion_tokens: entry.completion_tokens,
+            saved_cost: Cost(u64::try_from(entry.cost_micros).unwrap_or(0)),
+        }
+    }
 }
 
 impl RequestContext {
@@ -126,10 +162,19 @@ impl RequestContext {
             error_code: outcome.error.map(|c| c.as_str().to_owned()),
             stream: outcome.stream,
             attempts: outcome.served.as_ref().map_or(0, |s| i64::from(s.attempts)),
-            cache: None,
-            saved_prompt_tokens: 0,
-            saved_completion_tokens: 0,
-            saved_cost_micros: 0,
+            cache: outcome.cache.as_ref().map(|c| c.kind.to_owned()),
+            saved_prompt_tokens: outcome
+                .cache
+                .as_ref()
+                .map_or(0, |c| to_i64(c.saved_prompt_tokens)),
+            saved_completion_tokens: outcome
+                .cache
+                .as_ref()
+                .map_or(0, |c| to_i64(c.saved_completion_tokens)),
+            saved_cost_micros: outcome
+                .cache
+                .as_ref()
+                .map_or(0, |c| to_i64(c.saved_cost.micros())),
         };
         if state.ledger.record(row).await.is_err() {
             // Only during shutdown, after intake closed: the row cannot be
@@ -173,6 +218,27 @@ impl RequestContext {
             };
             m.errors.get_or_create(&labels).inc();
         }
+        let tenant = self.caller.tenant_id.to_string();
+        if let Some(cache) = outcome.cache.as_ref().filter(|c| c.kind != "miss") {
+            for (direction, n) in [
+                ("prompt", cache.saved_prompt_tokens),
+                ("completion", cache.saved_completion_tokens),
+            ] {
+                let labels = TokenLabels {
+                    tenant: tenant.clone(),
+                    model: model.clone(),
+                    direction,
+                };
+                m.cache_saved_tokens.get_or_create(&labels).inc_by(n);
+            }
+            let labels = SpendLabels {
+                tenant: tenant.clone(),
+                model: model.clone(),
+            };
+            m.cache_saved_micros
+                .get_or_create(&labels)
+                .inc_by(cache.saved_cost.micros());
+        }
         if outcome.served.is_none() {
             return;
         }
@@ -187,7 +253,6 @@ impl RequestContext {
                 .get_or_create(&by_model)
                 .observe(ttft.as_secs_f64());
         }
-        let tenant = self.caller.tenant_id.to_string();
         for (direction, n) in [
             ("prompt", outcome.prompt_tokens),
             ("completion", outcome.completion_tokens),

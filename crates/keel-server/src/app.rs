@@ -17,6 +17,7 @@ use keel_telemetry::Metrics;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::caching::{CacheSetup, RequestCache};
 use crate::limiting::{LimitsSetup, RequestLimits};
 use crate::retrieval::{Retrieval, RetrievalError, RetrievalSetup};
 use crate::{AppState, KeyTable, ServerSettings};
@@ -42,6 +43,8 @@ pub struct AppConfig {
     pub limits: LimitsSetup,
     /// Embedders and the vector store.
     pub retrieval: RetrievalSetup,
+    /// The response cache; `None` turns it off.
+    pub cache: Option<CacheSetup>,
 }
 
 /// Why keel could not start.
@@ -59,9 +62,37 @@ pub enum StartError {
     /// An embedder or the vector store could not start.
     #[error("retrieval: {0}")]
     Retrieval(#[from] RetrievalError),
+    /// The cache names an embedder that is not configured.
+    #[error("cache: embedder {0:?} is not configured under [[embedders]]")]
+    CacheEmbedder(String),
     /// The listener's address could not be read.
     #[error("listener: {0}")]
     Listener(#[from] std::io::Error),
+}
+
+/// The response cache over the retrieval store and the named embedder.
+fn start_cache(setup: &CacheSetup, retrieval: &Retrieval) -> Result<RequestCache, StartError> {
+    let embedder = match &setup.embedder {
+        Some(name) => Some(
+            retrieval
+                .embedder(name)
+                .ok_or_else(|| StartError::CacheEmbedder(name.clone()))?,
+        ),
+        None => None,
+    };
+    let cache = keel_cache::ResponseCache::new(
+        setup.settings.clone(),
+        retrieval.vectors.clone(),
+        embedder,
+        setup.clock.clone(),
+    );
+    tracing::info!(
+        semantic = setup.settings.semantic && setup.embedder.is_some(),
+        embedder = setup.embedder.as_deref().unwrap_or("-"),
+        threshold = setup.settings.threshold,
+        "Response cache on"
+    );
+    Ok(RequestCache::new(cache, setup))
 }
 
 /// A running keel server.
@@ -102,6 +133,10 @@ impl App {
             config.limits.default_max_tokens,
         );
         let retrieval = Retrieval::start(config.retrieval, &gateway).await?;
+        let cache = match &config.cache {
+            Some(setup) => Some(start_cache(setup, &retrieval)?),
+            None => None,
+        };
         let (ledger, ledger_task) = Ledger::spawn(store.clone(), config.ledger);
         let keys = KeyTable::default();
         let loaded = keys.reload(&store).await?;
@@ -113,6 +148,7 @@ impl App {
             metrics,
             limits,
             retrieval,
+            cache,
             settings: Arc::new(config.server),
         };
 

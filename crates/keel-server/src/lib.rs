@@ -10,6 +10,7 @@ pub mod accounting;
 pub mod app;
 pub mod auth;
 mod body;
+mod caching;
 pub mod error;
 pub mod limiting;
 mod relay;
@@ -27,6 +28,7 @@ use keel_core::ErrorCode;
 
 pub use app::{App, AppConfig, StartError};
 pub use auth::{Caller, KeyTable};
+pub use caching::{CacheControl, CacheSetup, RequestCache};
 pub use error::ApiError;
 pub use retrieval::{EmbedderKind, EmbedderSpec, RetrievalSetup};
 pub use state::{AppState, ServerSettings};
@@ -53,6 +55,7 @@ pub fn router(state: AppState) -> Router {
             post(routes::admin::reset_breaker),
         )
         .route("/usage", get(routes::admin::usage))
+        .route("/cache/invalidate", post(routes::cache::invalidate))
         .route(
             "/limits/rules",
             get(routes::limits::rules).post(routes::limits::create_rule),
@@ -140,13 +143,42 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let refresher = tokio::spawn(refresh_keys(state.clone()));
     let limits_refresher = tokio::spawn(refresh_limits(state.clone()));
+    let sweeper = state.cache.clone().map(|c| tokio::spawn(sweep_cache(c)));
     let app = router(state);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
     refresher.abort();
     limits_refresher.abort();
+    if let Some(sweeper) = sweeper {
+        sweeper.abort();
+    }
     result
+}
+
+/// Deletes expired cache entries and each tenant's oldest beyond its
+/// bound, every tenant in turn, off the request path.
+async fn sweep_cache(cache: caching::RequestCache) {
+    let mut tick = tokio::time::interval(cache.sweep_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let tenants = match cache.cache.tenants().await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "Cache sweep could not list tenants");
+                continue;
+            }
+        };
+        for tenant in tenants {
+            match cache.cache.sweep(&tenant).await {
+                Ok(0) => {}
+                Ok(gone) => tracing::debug!(tenant, gone, "Swept cache entries"),
+                Err(e) => tracing::warn!(tenant, error = %e, "Cache sweep failed"),
+            }
+        }
+    }
 }
 
 /// Reloads the key table so keys created or revoked through another replica

@@ -24,7 +24,8 @@ use keel_gateway::{ChatStream, Served};
 use keel_limits::{Admission, Refusal, Tokenizer};
 use tokio::time::Instant;
 
-use crate::accounting::{Outcome, RequestContext};
+use crate::accounting::{CacheUse, Outcome, RequestContext};
+use crate::caching::{self, Pass};
 use crate::limiting::{self, Limited};
 use crate::routes::chat::estimate_usage;
 use crate::state::AppState;
@@ -39,6 +40,7 @@ pub fn sse_response(
     request: ChatRequest,
     stream: ChatStream,
     limited: Option<Limited>,
+    pass: Option<Pass>,
 ) -> Response {
     let include_usage = request
         .stream_options
@@ -46,7 +48,7 @@ pub fn sse_response(
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
     let ChatStream { served, mut chunks } = stream;
-    let mut tally = Tally::new(state, ctx, request, served, limited);
+    let mut tally = Tally::new(state, ctx, request, served, limited, pass);
 
     let body = async_stream::stream! {
         while let Some(item) = chunks.next().await {
@@ -82,7 +84,12 @@ pub fn sse_response(
         tally.finish(None).await;
     };
 
-    let mut response = Response::new(Body::from_stream(body));
+    event_stream(Body::from_stream(body))
+}
+
+/// A response carrying server-sent events.
+pub fn event_stream(body: Body) -> Response {
+    let mut response = Response::new(body);
     let h = response.headers_mut();
     h.insert(
         http::header::CONTENT_TYPE,
@@ -112,6 +119,8 @@ struct Tally {
     ttft: Option<std::time::Duration>,
     finished: bool,
     limit: Option<StreamLimit>,
+    /// The cache's pass and the answer put back together for it.
+    cache: Option<(Pass, keel_cache::transcript::Transcript)>,
 }
 
 /// A limited stream's admission and running token count.
@@ -146,6 +155,7 @@ impl Tally {
         request: ChatRequest,
         served: Served,
         limited: Option<Limited>,
+        pass: Option<Pass>,
     ) -> Tally {
         let limit = limited.map(|l| StreamLimit {
             prompt_tokens: l.prompt_tokens,
@@ -167,10 +177,14 @@ impl Tally {
             ttft: None,
             finished: false,
             limit,
+            cache: pass.map(|p| (p, Default::default())),
         }
     }
 
     fn observe(&mut self, chunk: &ChatChunk) {
+        if let Some((_, transcript)) = &mut self.cache {
+            transcript.observe(chunk);
+        }
         if let Some(u) = &chunk.usage {
             self.usage = Some((u.prompt_tokens, u.completion_tokens));
         }
@@ -267,6 +281,7 @@ impl Tally {
             error,
             stream: true,
             ttft: Some(self.ttft.unwrap_or_else(|| self.ctx.started.elapsed())),
+            cache: self.cache.as_ref().map(|_| CacheUse::miss()),
         }
     }
 
@@ -275,6 +290,15 @@ impl Tally {
         let outcome = self.outcome(error, 200);
         let (cost, _) = self.ctx.finish(&self.state, outcome.clone()).await;
         self.settle(&outcome, cost).await;
+        // A whole answer fills the cache like a plain response would; a
+        // failed or cut one ends its flight empty.
+        if let Some((pass, transcript)) = self.cache.take()
+            && error.is_none()
+            && let Some(completion) = transcript.completion()
+        {
+            let tokens = (outcome.prompt_tokens, outcome.completion_tokens);
+            caching::fill(&self.state, Some(pass), &completion, cost, tokens);
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use keel_store::{Ledger, Store};
 use keel_telemetry::Metrics;
 
 use crate::auth::KeyTable;
+use crate::caching::RequestCache;
 use crate::limiting::RequestLimits;
 use crate::retrieval::Retrieval;
 
@@ -58,6 +59,8 @@ pub struct AppState {
     pub limits: RequestLimits,
     /// Embedders and the vector store.
     pub retrieval: Retrieval,
+    /// The response cache, when it is on.
+    pub cache: Option<RequestCache>,
     /// Server settings.
     pub settings: Arc<ServerSettings>,
 }

@@ -358,6 +358,13 @@ impl Metrics {
             .set(state as i64);
     }
 
+    /// Counts a semantic hit the guard refused, by the check that refused it.
+    pub fn record_cache_veto(&self, reason: &'static str) {
+        self.cache_vetoes
+            .get_or_create(&VetoLabels { reason })
+            .inc();
+    }
+
     /// Counts one cache lookup's outcome (`exact`, `semantic`, `stale` or
     /// `miss`) and refreshes the hit ratios.
     pub fn record_cache_lookup(&self, tenant: &str, kind: &'static str) {

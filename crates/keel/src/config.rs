@@ -9,6 +9,7 @@
 //! variable (`api_key_env`, `admin_token_env`), never the secret — except dev
 //! keys, which may be written inline for local use.
 
+mod cache;
 mod gateway;
 mod limits;
 mod retrieval;
@@ -23,6 +24,7 @@ use figment::providers::{Env, Format, Toml};
 use keel_core::{TenantId, UserId};
 use keel_server::{AppConfig, ServerSettings};
 
+use self::cache::{RawCache, check_cache};
 use self::gateway::{RawModel, RawProvider, check_gateway};
 use self::limits::{RawLimits, check_limits};
 use self::retrieval::{RawEmbedder, RawVectors, check_retrieval};
@@ -53,6 +55,8 @@ pub struct RawConfig {
     vectors: RawVectors,
     #[serde(default)]
     embedders: Vec<RawEmbedder>,
+    #[serde(default)]
+    cache: RawCache,
 }
 
 #[derive(Debug, Deserialize)]
@@ -215,6 +219,7 @@ pub fn check(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Re
     let gateway = check_gateway(&raw.providers, &raw.models, env)?;
     let limits = check_limits(&raw.store, &raw.limits, &raw.models)?;
     let retrieval = check_retrieval(&data_dir, &raw.vectors, &raw.embedders, &raw.models)?;
+    let cache = check_cache(&raw.cache, &retrieval, &raw.models)?;
     let (tenants, keys) = check_tenants_and_keys(&raw.tenants, &raw.keys, env)?;
     let server = ServerSettings {
         max_body_bytes: usize::try_from(raw.server.max_body_bytes).unwrap_or(usize::MAX),
@@ -233,6 +238,7 @@ pub fn check(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Re
             shutdown_grace: Duration::from_millis(raw.server.shutdown_grace_ms),
             limits,
             retrieval,
+            cache,
         },
     })
 }
@@ -344,9 +350,21 @@ pub fn summary(config: &Config) -> String {
         .iter()
         .map(|e| e.name.as_str())
         .collect();
+    let cache = match &config.app.cache {
+        None => "off".to_owned(),
+        Some(c) => match (&c.embedder, c.settings.exact) {
+            (Some(e), _) => format!(
+                "semantic({e}>={}{})",
+                c.settings.threshold,
+                if c.settings.guard { "+guard" } else { "" }
+            ),
+            (None, true) => "exact".to_owned(),
+            (None, false) => "off".to_owned(),
+        },
+    };
     format!(
         "listen={} store={} admin_api={} providers=[{}] models=[{}] tenants={} keys={} \
-         limits=[{}] redis={redis} embedders=[{}] vectors={}",
+         limits=[{}] redis={redis} embedders=[{}] vectors={} cache={cache}",
         config.listen,
         redact_url(&config.app.store_url),
         if config.app.server.admin_token.is_some() {
@@ -450,6 +468,55 @@ mod tests {
                 "models[1].fallbacks[0]",
             ),
             (GOOD.replace("base_url", "base_ur1"), "base_ur1"),
+        ];
+        for (text, key) in cases {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(key), "expected {key} in: {err}");
+        }
+    }
+
+    #[test]
+    fn the_cache_is_on_and_semantic_with_a_local_embedder() {
+        let exact_only = parse(GOOD).unwrap().app.cache.unwrap();
+        assert_eq!(exact_only.embedder, None);
+        assert!(!exact_only.settings.semantic && exact_only.settings.exact);
+
+        let local = format!("{GOOD}\n[[embedders]]\nname = \"mini\"\nkind = \"local\"");
+        let semantic = parse(&local).unwrap().app.cache.unwrap();
+        assert_eq!(semantic.embedder.as_deref(), Some("mini"));
+        assert!(semantic.settings.semantic);
+        assert_eq!(semantic.settings.threshold, keel_cache::DEFAULT_THRESHOLD);
+
+        let tuned = format!(
+            "{local}\n[cache]\nthreshold = 0.9\nttl_secs = 60\nstale_models = [\"fast\"]\nper_user = true"
+        );
+        let tuned = parse(&tuned).unwrap().app.cache.unwrap();
+        assert_eq!(tuned.settings.threshold, 0.9);
+        assert_eq!(tuned.settings.ttl, Duration::from_secs(60));
+        assert_eq!(tuned.stale_models, ["fast"]);
+        assert!(tuned.settings.per_user);
+
+        let off = format!("{local}\n[cache]\nenabled = false");
+        assert!(parse(&off).unwrap().app.cache.is_none());
+    }
+
+    #[test]
+    fn cache_errors_name_the_key() {
+        let cache = |body: &str| format!("{GOOD}\n[cache]\n{body}");
+        let cases = [
+            (cache("threshold = 1.5"), "cache.threshold"),
+            (cache("threshold = 0"), "cache.threshold"),
+            (cache("embedder = \"nope\""), "cache.embedder"),
+            (cache("semantic = true"), "cache.semantic"),
+            (
+                cache("stale_models = [\"fast\", \"ghost\"]"),
+                "cache.stale_models[1]",
+            ),
+            (cache("ttl_secs = 0"), "cache.ttl_secs"),
+            (cache("max_entries = 0"), "cache.max_entries"),
+            (cache("max_temperature = -1.0"), "cache.max_temperature"),
+            (cache("candidates = 0"), "cache.candidates"),
+            (cache("ttl = 5"), "ttl"),
         ];
         for (text, key) in cases {
             let err = parse(&text).unwrap_err().to_string();

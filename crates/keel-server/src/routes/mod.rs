@@ -2,6 +2,7 @@
 //! call the gateway or store, and shape the response.
 
 pub mod admin;
+pub mod cache;
 pub mod chat;
 pub mod collections;
 pub mod embeddings;

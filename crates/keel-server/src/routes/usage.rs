@@ -238,6 +238,14 @@ pub struct UsageFigures {
     pub cost_micros: i64,
     /// Failed requests.
     pub errors: i64,
+    /// Requests answered from the response cache.
+    pub cache_hits: i64,
+    /// Tokens the cache saved (prompt and completion).
+    pub saved_tokens: i64,
+    /// Cost the cache saved, in dollars (exact decimal string).
+    pub saved_usd: String,
+    /// Cost the cache saved, in micro-dollars.
+    pub saved_cost_micros: i64,
 }
 
 impl UsageFigures {
@@ -251,6 +259,10 @@ impl UsageFigures {
             cost_usd: cost(totals.cost_micros).dollars_exact(),
             cost_micros: totals.cost_micros,
             errors: totals.errors,
+            cache_hits: totals.cache_hits,
+            saved_tokens: totals.saved_tokens,
+            saved_usd: cost(totals.saved_cost_micros).dollars_exact(),
+            saved_cost_micros: totals.saved_cost_micros,
         }
     }
 }

@@ -3,10 +3,11 @@
 
 #![expect(
     clippy::unwrap_used,
-    clippy::expect_used,
+    clippy::panic,
     reason = "test helpers fail the test on bad fixtures"
 )]
 
+mod cache;
 mod collections;
 mod limits;
 mod requests;

@@ -32,7 +32,8 @@ pub fn key(tenant: &TenantId, secret: &str) -> (NewKey, String) {
 
 /// The base config: model `m` on deployment `d` (upstream model
 /// `gpt-4o-mini`, $1 in / $2 out per million tokens), tenant t1 and
-/// [`KEY`], no limit rules, no embedders, vectors under `vectors_dir`.
+/// [`KEY`], no limit rules, no embedders, no cache, vectors under
+/// `vectors_dir`.
 pub fn config(sim: &SpawnedSim, store_url: String, vectors_dir: std::path::PathBuf) -> AppConfig {
     let provider = ProviderConfig {
         name: "sim".into(),
@@ -75,6 +76,7 @@ pub fn config(sim: &SpawnedSim, store_url: String, vectors_dir: std::path::PathB
         shutdown_grace: Duration::from_secs(10),
         limits: Default::default(),
         retrieval: RetrievalSetup::new(vectors_dir),
+        cache: None,
     }
 }
 
@@ -87,7 +89,8 @@ pub struct Running {
     /// A client for it.
     pub client: reqwest::Client,
     _dir: tempfile::TempDir,
-    _sim: SpawnedSim,
+    /// The simulator keel calls.
+    pub sim: SpawnedSim,
 }
 
 /// Starts a simulator with `sim` and keel on the base config changed by
@@ -105,34 +108,14 @@ pub async fn start(sim: SimConfig, adjust: impl FnOnce(&mut AppConfig)) -> Runni
         store_url,
         client: reqwest::Client::new(),
         _dir: dir,
-        _sim: sim,
+        sim,
     }
 }
 
 /// A new, empty database on the pgvector server (`KEEL_TEST_PGVECTOR_URL`,
 /// default the one `scripts/pgvector.sh` starts on port 5433).
 pub async fn pgvector_database() -> String {
-    use sqlx::Connection;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let base = std::env::var("KEEL_TEST_PGVECTOR_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433/keel".into());
-    let name = format!(
-        "keel_server_test_{}_{}_{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-    );
-    let mut admin = sqlx::PgConnection::connect(&base)
+    keel_vector::testing::scratch_database("keel_server_test")
         .await
-        .expect("a pgvector server (scripts/pgvector.sh starts one)");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let (server, _) = base.rsplit_once('/').unwrap();
-    format!("{server}/{name}")
+        .unwrap_or_else(|e| panic!("{e}"))
 }
