@@ -9,8 +9,9 @@ through the KEEL_ADMIN_TOKEN environment variable.
 Tests drive keel with the official `openai` client (`client`) and with raw
 httpx (`http`, `admin`) where the wire format matters. Faults are switched
 at runtime through the simulator's `PUT /sim/config`; the autouse
-`clean_state` fixture clears them, closes every breaker and zeroes the
-simulator's counters around each test, so tests do not depend on order.
+`clean_state` fixture clears them, closes every breaker, empties the
+response cache and zeroes the simulator's counters around each test, so
+tests do not depend on order.
 
 The binary is $KEEL_BIN, or `<repo>/target/debug/keel` (`cargo build -p
 keel`). Logs of both processes are kept in the session's temporary
@@ -34,6 +35,7 @@ from e2e_support import (
     COMPLETION_TOKENS,
     DEFAULT_BIN,
     EMBEDDING_DIM,
+    clear_cache,
     make_client,
     render_config,
     reset_breakers,
@@ -270,9 +272,11 @@ def client(keel: Keel):
 @pytest.fixture(autouse=True)
 def clean_state(sim: Sim, keel: Keel, admin: httpx.Client):
     """Every test starts healthy (no faults, breakers closed, simulator
-    counters at zero) and leaves no fault behind, even when it fails."""
+    counters at zero, nothing cached) and leaves no fault behind, even when
+    it fails."""
     sim.heal()
     reset_breakers(admin)
+    clear_cache(admin)
     sim.reset_stats()
     yield
     sim.heal()

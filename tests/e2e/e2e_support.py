@@ -190,6 +190,12 @@ dimension = {EMBEDDING_DIM}
 [vectors]
 fsync = false
 
+# The response cache: questions embedded by the local model; the solo
+# model may answer from stale entries when its one deployment fails.
+[cache]
+embedder = "{LOCAL_EMBEDDER}"
+stale_models = ["{SOLO_MODEL}"]
+
 [[tenants]]
 id = "{DEMO_TENANT}"
 name = "Demo tenant"
@@ -310,6 +316,12 @@ def reset_breakers(admin: httpx.Client) -> None:
         r = admin.post(f"/breakers/{name}/reset")
         assert r.status_code == 200, f"reset {name}: {r.status_code} {r.text}"
         assert r.json() == {"deployment": name, "state": "closed"}, r.text
+
+
+def clear_cache(admin: httpx.Client) -> None:
+    """Drops every tenant's cached answers."""
+    r = admin.post("/cache/invalidate", json={"all": True})
+    r.raise_for_status()
 
 
 def sse_events(body: str) -> list[str]:

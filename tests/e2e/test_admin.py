@@ -154,7 +154,7 @@ def test_usage_ledger_counts_anthropic_streams(client: openai.OpenAI, admin: htt
     # The client does not ask for usage; keel still records it.
     for _ in client.chat.completions.create(
         model=ANTHROPIC_MODEL, messages=user("count me"), stream=True,
-        extra_headers={"x-keel-session": session},
+        extra_headers={"x-keel-session": session, "Cache-Control": "no-cache"},
     ):
         pass
     [row] = wait_for_rows(admin, 1, session=session)["data"]

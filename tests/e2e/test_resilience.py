@@ -38,6 +38,26 @@ from e2e_support import (
     wait_until,
 )
 
+# Every request here must reach the simulator, whose faults are the point:
+# the response cache is told not to answer (`no-cache`). It still stores
+# what succeeds, so these tests also run every fill path under faults.
+NO_CACHE = {"Cache-Control": "no-cache"}
+
+
+@pytest.fixture(scope="module")
+def client(keel):
+    """The openai client, asking keel not to answer from its cache."""
+    c = make_client(keel.api_base, default_headers=NO_CACHE)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def http(keel):
+    """A raw client for keel that asks it not to answer from its cache."""
+    with httpx.Client(base_url=keel.url, timeout=30.0, headers=NO_CACHE) as c:
+        yield c
+
 AUTH = {"Authorization": f"Bearer {DEMO_KEY}"}
 
 
