@@ -54,7 +54,7 @@ def test_repeats_and_paraphrases_hit_and_near_misses_do_not(client):
 
     paraphrase = cached(client, "How can I reset my password?")
     assert paraphrase.headers["x-keel-cache"] == "semantic"
-    assert float(paraphrase.headers["x-keel-cache-similarity"]) >= 0.85
+    assert float(paraphrase.headers["x-keel-cache-similarity"]) >= 0.80
     assert text(paraphrase) == text(first)
 
     # Questions the embedder calls close but whose answers differ.

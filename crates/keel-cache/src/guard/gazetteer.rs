@@ -1,8 +1,17 @@
-//! Names people type in lower case, which the guard's entity check
-//! cannot find by their capital letter.
+//! Words the guard's entity check reads as names or as values of a kind.
+//!
+//! [`GAZETTEER`] lists names people type in lower case (places, languages,
+//! tools), which the check cannot find by their capital letter; a name on
+//! one side must be named on the other. Words that are also everyday
+//! English ("go", "rest", "word") are left out: written as names they are
+//! capitalized, and found that way.
+//!
+//! [`UNITS`], [`TIMES`] and [`TYPES`] are kinds of value: two questions that
+//! both name one of a kind must name the same ("km" and "miles", "today"
+//! and "tomorrow", "list" and "tuple"), but one may leave it out ("boil an
+//! egg" against "boil an egg for six minutes").
 
-/// Names that people often type in lower case: places, languages, tools,
-/// currencies, months and days. Capitalized names are found without a list.
+/// Names typed in lower case.
 pub const GAZETTEER: &[&str] = &[
     // Countries and regions.
     "afghanistan",
@@ -185,6 +194,50 @@ pub const GAZETTEER: &[&str] = &[
     "ottawa",
     "canberra",
     "wellington",
+    // States, provinces and regions.
+    "alabama",
+    "alaska",
+    "arizona",
+    "arkansas",
+    "california",
+    "colorado",
+    "connecticut",
+    "delaware",
+    "florida",
+    "hawaii",
+    "idaho",
+    "illinois",
+    "indiana",
+    "iowa",
+    "kansas",
+    "kentucky",
+    "louisiana",
+    "maine",
+    "maryland",
+    "massachusetts",
+    "michigan",
+    "minnesota",
+    "mississippi",
+    "missouri",
+    "montana",
+    "nebraska",
+    "nevada",
+    "ohio",
+    "oklahoma",
+    "oregon",
+    "pennsylvania",
+    "tennessee",
+    "texas",
+    "utah",
+    "vermont",
+    "virginia",
+    "wisconsin",
+    "wyoming",
+    "ontario",
+    "quebec",
+    "alberta",
+    "bavaria",
+    "catalonia",
     // Human languages and nationalities.
     "english",
     "spanish",
@@ -233,7 +286,6 @@ pub const GAZETTEER: &[&str] = &[
     "js",
     "ts",
     "rust",
-    "go",
     "golang",
     "ruby",
     "php",
@@ -246,7 +298,6 @@ pub const GAZETTEER: &[&str] = &[
     "erlang",
     "clojure",
     "lua",
-    "c",
     "c++",
     "cpp",
     "c#",
@@ -254,10 +305,8 @@ pub const GAZETTEER: &[&str] = &[
     "dart",
     "julia",
     "matlab",
-    "r",
     "bash",
     "zsh",
-    "shell",
     "powershell",
     "sql",
     "html",
@@ -277,19 +326,13 @@ pub const GAZETTEER: &[&str] = &[
     "django",
     "flask",
     "fastapi",
-    "rails",
-    "spring",
-    "express",
-    "node",
     "nodejs",
     "deno",
-    "bun",
     "npm",
     "yarn",
     "pnpm",
     "pip",
     "conda",
-    "cargo",
     "maven",
     "gradle",
     "numpy",
@@ -337,29 +380,21 @@ pub const GAZETTEER: &[&str] = &[
     "bitbucket",
     "jira",
     "slack",
-    "teams",
-    "zoom",
     "gmail",
-    "outlook",
-    "excel",
-    "word",
     "powerpoint",
     "chrome",
     "firefox",
     "safari",
-    "edge",
     "aws",
     "azure",
     "gcp",
     "s3",
     "ec2",
-    "lambda",
     "vim",
     "emacs",
     "vscode",
     "jupyter",
     "graphql",
-    "rest",
     "grpc",
     "http",
     "https",
@@ -376,31 +411,14 @@ pub const GAZETTEER: &[&str] = &[
     "jwt",
     "utf8",
     "ascii",
-    "list",
-    "tuple",
-    "dict",
-    "set",
-    "array",
-    "vector",
-    "map",
-    "string",
-    "int",
-    "float",
-    "struct",
-    "class",
-    "enum",
     "iphone",
     "ipad",
     "macbook",
-    "pixel",
-    "galaxy",
     "paypal",
-    "visa",
     "mastercard",
     "amex",
     "stripe",
     "venmo",
-    "apple",
     "google",
     "microsoft",
     "amazon",
@@ -415,7 +433,10 @@ pub const GAZETTEER: &[&str] = &[
     "telegram",
     "tiktok",
     "youtube",
-    // Currencies and units.
+];
+
+/// Currencies and units of measure.
+pub const UNITS: &[&str] = &[
     "usd",
     "eur",
     "euro",
@@ -476,6 +497,10 @@ pub const GAZETTEER: &[&str] = &[
     "gb",
     "tb",
     "kb",
+];
+
+/// Units of time, months, days and days relative to today.
+pub const TIMES: &[&str] = &[
     "hour",
     "hours",
     "minute",
@@ -490,7 +515,6 @@ pub const GAZETTEER: &[&str] = &[
     "months",
     "year",
     "years",
-    // Months and days.
     "january",
     "february",
     "march",
@@ -513,4 +537,10 @@ pub const GAZETTEER: &[&str] = &[
     "today",
     "tomorrow",
     "yesterday",
+];
+
+/// Data types and structures.
+pub const TYPES: &[&str] = &[
+    "list", "tuple", "dict", "set", "array", "vector", "map", "string", "int", "float", "struct",
+    "class", "enum",
 ];

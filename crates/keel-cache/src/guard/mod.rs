@@ -41,6 +41,9 @@ pub enum Veto {
     Entities,
     /// The same things, in another order, under a direction.
     Order,
+    /// The same words but for a thing after a determiner ("cancel my
+    /// order" and "cancel my subscription").
+    Substitution,
     /// The questions are in different languages.
     Language,
 }
@@ -54,6 +57,7 @@ impl Veto {
             Veto::Opposite { .. } => "opposite",
             Veto::Entities => "entities",
             Veto::Order => "order",
+            Veto::Substitution => "substitution",
             Veto::Language => "language",
         }
     }
@@ -65,90 +69,330 @@ pub fn check(a: &str, b: &str) -> Result<(), Veto> {
     if a.numbers != b.numbers {
         return Err(Veto::Numbers);
     }
-    if a.negated != b.negated {
+    if negation_differs(&a, &b) || negation_differs(&b, &a) {
         return Err(Veto::Negation);
     }
-    if let Some(pair) = swapped_opposite(&a.stems, &b.stems) {
+    if let Some(pair) = swapped_opposite(&a, &b) {
         return Err(Veto::Opposite { pair });
     }
-    let (set_a, set_b): (BTreeSet<&str>, BTreeSet<&str>) = (
-        a.entities.iter().map(String::as_str).collect(),
-        b.entities.iter().map(String::as_str).collect(),
-    );
-    if set_a != set_b {
+    if names_missing(&a, &b) || names_missing(&b, &a) || kinds_differ(&a, &b) {
         return Err(Veto::Entities);
     }
-    if a.directed && b.directed && a.entities != b.entities {
+    if substituted(&a.sequence, &b.sequence) {
+        return Err(Veto::Substitution);
+    }
+    if swapped_roles(&a.sequence, &b.sequence) {
         return Err(Veto::Order);
     }
-    if a.language.is_some() && b.language.is_some() && a.language != b.language {
+    // A question with too few marker words to tell is taken as English.
+    if a.language.unwrap_or("en") != b.language.unwrap_or("en") {
         return Err(Veto::Language);
     }
     Ok(())
+}
+
+/// Whether `a` negates a word `b` uses without negating it ("does the plan
+/// not include support" against "does the plan include support"). A
+/// negation of a word the other question does not use is left alone: "no
+/// rush, what is the symbol for gold" asks what "what is the symbol for
+/// gold" does.
+fn negation_differs(a: &Features, b: &Features) -> bool {
+    a.negated
+        .iter()
+        .any(|t| !b.negated.contains(t) && b.stems.contains(t))
+}
+
+/// Whether a name in `a` goes unnamed in `b` (written in any case).
+fn names_missing(a: &Features, b: &Features) -> bool {
+    a.names.iter().any(|name| !b.words.contains(name))
+}
+
+/// Whether both questions name a unit, a time or a data type, and not the
+/// same ones.
+fn kinds_differ(a: &Features, b: &Features) -> bool {
+    a.kinds
+        .iter()
+        .zip(&b.kinds)
+        .any(|(x, y)| !x.is_empty() && !y.is_empty() && x != y)
+}
+
+/// Words after which a changed word is most likely a thing named rather
+/// than a way of saying it: "cancel my order" and "cancel my subscription",
+/// "the users table" and "the orders table".
+const DETERMINERS: &[&str] = &[
+    "the", "a", "an", "my", "your", "our", "their", "his", "her", "its", "this", "that", "these",
+    "those", "of", "each", "every",
+];
+
+/// Whether the questions are the same words but for one or two after a
+/// determiner: another thing asked about in the same frame.
+fn substituted(a: &[Word], b: &[Word]) -> bool {
+    let prefix = a
+        .iter()
+        .zip(b)
+        .take_while(|(x, y)| x.stem == y.stem)
+        .count();
+    let room = a.len().min(b.len()) - prefix;
+    let suffix = a
+        .iter()
+        .rev()
+        .zip(b.iter().rev())
+        .take(room)
+        .take_while(|(x, y)| x.stem == y.stem)
+        .count();
+    let (ma, mb) = (&a[prefix..a.len() - suffix], &b[prefix..b.len() - suffix]);
+    let short = |m: &[Word]| (1..=2).contains(&m.len()) && m.iter().all(|w| w.content);
+    let describes = |m: &[Word]| m.iter().all(|w| is_adjective(&w.text));
+    prefix > 0
+        && short(ma)
+        && short(mb)
+        && DETERMINERS.contains(&a[prefix - 1].text.as_str())
+        && !(describes(ma) && describes(mb))
+}
+
+/// Adjectives that paraphrases swap for each other after a determiner
+/// ("the main cause", "the primary cause"), and superlatives.
+fn is_adjective(word: &str) -> bool {
+    const COMMON: &[&str] = &[
+        "main",
+        "primary",
+        "major",
+        "key",
+        "principal",
+        "chief",
+        "big",
+        "large",
+        "huge",
+        "small",
+        "little",
+        "tiny",
+        "good",
+        "great",
+        "nice",
+        "bad",
+        "poor",
+        "fast",
+        "quick",
+        "rapid",
+        "slow",
+        "easy",
+        "simple",
+        "hard",
+        "difficult",
+        "right",
+        "correct",
+        "proper",
+        "wrong",
+        "new",
+        "recent",
+        "latest",
+        "current",
+        "old",
+        "previous",
+        "cheap",
+        "affordable",
+        "expensive",
+        "common",
+        "usual",
+        "typical",
+        "whole",
+        "entire",
+        "full",
+        "complete",
+        "top",
+        "leading",
+    ];
+    COMMON.contains(&word) || word.len() > 5 && word.ends_with("est")
+}
+
+/// Words that give the things around them roles: "from X to Y", "X than
+/// Y", "time in X when it is noon in Y".
+const DIRECTIONS: &[&str] = &[
+    "to", "from", "into", "onto", "vs", "versus", "than", "when", "while",
+];
+
+/// Whether two content words both questions use trade places with a
+/// direction between them in each ("from savings to checking" against
+/// "from checking to savings"). Moving a phrase ("in Rust, how do I…"
+/// against "how do I… in Rust") leaves no direction between the swapped
+/// words in one of them.
+fn swapped_roles(a: &[Word], b: &[Word]) -> bool {
+    const MOST: usize = 64;
+    let (pa, pb) = (first_positions(a), first_positions(b));
+    let shared: Vec<(&str, usize, usize)> = pa
+        .iter()
+        .filter_map(|(w, &i)| pb.get(w).map(|&j| (*w, i, j)))
+        .take(MOST)
+        .collect();
+    let directed = |seq: &[Word], i: usize, j: usize| {
+        seq[i.min(j) + 1..i.max(j)]
+            .iter()
+            .any(|w| DIRECTIONS.contains(&w.text.as_str()))
+    };
+    shared.iter().enumerate().any(|(n, &(_, ai, bi))| {
+        shared[n + 1..].iter().any(|&(_, aj, bj)| {
+            (ai < aj) != (bi < bj) && directed(a, ai, aj) && directed(b, bi, bj)
+        })
+    })
+}
+
+/// Where each content word's stem first appears.
+fn first_positions(seq: &[Word]) -> HashMap<&str, usize> {
+    let mut at = HashMap::new();
+    for (i, w) in seq.iter().enumerate().filter(|(_, w)| w.content) {
+        at.entry(w.stem.as_str()).or_insert(i);
+    }
+    at
+}
+
+/// One word of a question, in order, for the checks that compare frames.
+#[derive(Debug)]
+struct Word {
+    /// Lower case, possessive and alias resolved.
+    text: String,
+    stem: String,
+    /// Not a function word.
+    content: bool,
 }
 
 /// What the checks compare, read from one question.
 #[derive(Debug, Default)]
 struct Features {
     numbers: BTreeSet<String>,
-    negated: bool,
+    /// Stems of the words a negation applies to.
+    negated: BTreeSet<String>,
+    /// Stems of the content words.
     stems: HashSet<String>,
-    /// Names in order of first appearance, lower case.
-    entities: Vec<String>,
-    /// Whether the question has a direction ("to", "from", "into", "vs").
-    directed: bool,
+    /// Stems of every word, function words too ("in" and "out").
+    all_stems: HashSet<String>,
+    /// Names: capitalized words, identifiers, quoted text and gazetteer
+    /// entries, lower case.
+    names: Vec<String>,
+    /// Every word and quoted span, lower case, for finding names.
+    words: HashSet<String>,
+    /// Units, times and data types named (stems).
+    kinds: [BTreeSet<String>; 3],
+    sequence: Vec<Word>,
     language: Option<&'static str>,
 }
 
 impl Features {
+    fn negated_set(&self) -> HashSet<String> {
+        self.negated.iter().cloned().collect()
+    }
+
     fn of(text: &str) -> Features {
         let lists = lists();
         let mut f = Features::default();
-        let push_entity = |f: &mut Features, name: String| {
-            if !f.entities.contains(&name) {
-                f.entities.push(name);
-            }
-        };
-
         for quoted in quoted_spans(text) {
-            push_entity(&mut f, quoted.to_lowercase());
+            let quoted = quoted.to_lowercase();
+            f.words.insert(quoted.clone());
+            if !f.names.contains(&quoted) {
+                f.names.push(quoted);
+            }
         }
         let tokens = tokens(text);
-        for token in &tokens {
+        let mut negating = false;
+        for (i, token) in tokens.iter().enumerate() {
             let lower = token.text.to_lowercase();
-            let bare: String = lower.chars().filter(|c| *c != '\'').collect();
-            if lower.chars().any(|c| c.is_ascii_digit()) {
-                f.numbers.insert(lower.replace(',', ""));
-                continue;
+            let mut bare: String = lower.chars().filter(|c| *c != '\'').collect();
+            if let Some(owner) = lower.strip_suffix("'s") {
+                bare = owner.replace('\'', "");
             }
-            if let Some(digits) = lists.numbers.get(bare.as_str()) {
+            if bare.chars().any(|c| c.is_ascii_digit()) {
+                f.numbers.extend(numbers_in(&bare));
+                bare.retain(|c| c.is_alphabetic());
+                if bare.chars().count() < 2 {
+                    continue;
+                }
+            }
+            let previous = i.checked_sub(1).map(|p| tokens[p].text.to_lowercase());
+            if let Some(digits) = lists.numbers.get(bare.as_str())
+                && !(bare == "one" && previous.is_some_and(|p| PRONOUN_ONE.contains(&p.as_str())))
+            {
                 f.numbers.insert((*digits).to_owned());
                 continue;
             }
-            if lists.negations.contains(bare.as_str())
-                || bare.ends_with("nt") && is_contraction(&lower)
-            {
-                f.negated = true;
+            let word = match lists.aliases.get(bare.as_str()) {
+                Some(canonical) => (*canonical).to_owned(),
+                None if bare == "an" => "a".to_owned(),
+                None => bare,
+            };
+            let stem = stem(&word);
+            if lists.negations.contains(word.as_str()) || is_contraction(&lower) {
+                negating = true;
+                continue;
             }
-            if matches!(
-                bare.as_str(),
-                "to" | "from" | "into" | "vs" | "versus" | "than"
-            ) {
-                f.directed = true;
+            let content = !lists.function.contains(word.as_str());
+            if negating && content {
+                f.negated.insert(stem.clone());
+                negating = false;
             }
-            let name = lists.gazetteer.contains(bare.as_str())
+            let pronoun = lower.starts_with("i'");
+            let name = lists.gazetteer.contains(word.as_str())
                 || is_identifier(token.text)
-                || (token.capitalized && !token.sentence_start && bare != "i");
-            if name {
-                push_entity(&mut f, bare.clone());
+                || (token.capitalized && !token.sentence_start && word != "i" && !pronoun);
+            for (kind, list) in f.kinds.iter_mut().zip(&lists.kinds) {
+                if list.contains(word.as_str()) {
+                    kind.insert(stem.clone());
+                }
             }
-            if !lists.function.contains(bare.as_str()) {
-                f.stems.insert(stem(&bare));
+            let kind = lists.kinds.iter().any(|k| k.contains(word.as_str()));
+            if name && !kind && !f.names.contains(&word) {
+                f.names.push(word.clone());
             }
+            if content {
+                f.stems.insert(stem.clone());
+            }
+            f.all_stems.insert(stem.clone());
+            f.words.insert(word.clone());
+            f.sequence.push(Word {
+                text: word,
+                stem,
+                content,
+            });
         }
         f.language = language(&tokens, lists);
         f
     }
+}
+
+/// Words before "one" that make it a pronoun ("a new one"), not a count.
+const PRONOUN_ONE: &[&str] = &[
+    "a", "an", "the", "this", "that", "which", "each", "every", "any", "another", "new", "no",
+    "some", "same", "other", "only", "last", "next", "right", "wrong",
+];
+
+/// The numbers written in a word: runs of digits with their decimal part,
+/// without thousands separators, leading zeros or trailing decimal zeros
+/// ("Q3" has 3, "2024-05-17" has 2024, 5 and 17, "88.40" is 88.4).
+fn numbers_in(word: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut flush = |current: &mut String| {
+        let mut n = current.trim_end_matches('.').replace(',', "");
+        if n.contains('.') {
+            n = n.trim_end_matches('0').trim_end_matches('.').to_owned();
+        }
+        let n = n.trim_start_matches('0');
+        if !current.is_empty() {
+            out.push(if n.is_empty() || n.starts_with('.') {
+                format!("0{n}")
+            } else {
+                n.to_owned()
+            });
+        }
+        current.clear();
+    };
+    for c in word.chars() {
+        if c.is_ascii_digit() || (matches!(c, '.' | ',') && !current.is_empty()) {
+            current.push(c);
+        } else {
+            flush(&mut current);
+        }
+    }
+    flush(&mut current);
+    out
 }
 
 /// A word of the question, with where it stood.
@@ -160,9 +404,10 @@ struct Token<'a> {
 }
 
 /// Splits on anything but letters, digits and the joiners identifiers use
-/// (`.`, `_`, `-`, `+`, `#`, `/`, `'`), trimming joiners at either end.
+/// (`.`, `_`, `+`, `#`, `/`, `@`, `'`), trimming joiners at either end. A
+/// hyphen splits ("three-bullet" is "three" and "bullet").
 fn tokens(text: &str) -> Vec<Token<'_>> {
-    let joiner = |c: char| matches!(c, '.' | '_' | '-' | '+' | '#' | '/' | '\'');
+    let joiner = |c: char| matches!(c, '.' | '_' | '+' | '#' | '/' | '@' | '\'');
     let mut out: Vec<Token<'_>> = text
         .split(|c: char| !(c.is_alphanumeric() || joiner(c)))
         .map(|raw| raw.trim_matches(|c: char| joiner(c) && c != '+' && c != '#'))
@@ -225,26 +470,48 @@ fn is_contraction(word: &str) -> bool {
     word.ends_with("n't")
 }
 
-/// A crude English stem, enough to match inflections in the opposite pairs
-/// ("increasing", "increased" and "increases" all become "increas").
+/// The English (Porter 2) stem of a lower-case word, so inflections match
+/// ("succeeded" and "succeed", "increasing" and "increases").
 pub(crate) fn stem(word: &str) -> String {
-    for suffix in ["ing", "ed", "es", "e", "s"] {
-        if let Some(root) = word.strip_suffix(suffix)
-            && root.len() >= 3
-        {
-            return root.to_owned();
-        }
-    }
-    word.to_owned()
+    static STEMMER: OnceLock<rust_stemmers::Stemmer> = OnceLock::new();
+    STEMMER
+        .get_or_init(|| rust_stemmers::Stemmer::create(rust_stemmers::Algorithm::English))
+        .stem(word)
+        .into_owned()
 }
 
-/// The first opposite pair of which one question has one word and the
-/// other has the other, and neither has both.
-fn swapped_opposite(a: &HashSet<String>, b: &HashSet<String>) -> Option<String> {
-    lists().opposites.iter().find_map(|(x, y, label)| {
+/// Prefixes that turn a word into its opposite ("mutable" and
+/// "immutable", "install" and "uninstall").
+const NEGATING_PREFIXES: &[&str] = &["un", "im", "in", "ir", "il", "non", "dis", "de"];
+
+/// The first pair of opposites of which one question has one word and the
+/// other the other, and neither has both; a negated word counts as absent
+/// ("not working" against "fails" is no swap).
+fn swapped_opposite(a: &Features, b: &Features) -> Option<String> {
+    let (a_words, b_words) = (a, b);
+    let plain = |f: &Features| -> HashSet<String> {
+        f.all_stems.difference(&f.negated_set()).cloned().collect()
+    };
+    let (a, b) = (plain(a), plain(b));
+    let listed = lists().opposites.iter().find_map(|(x, y, label)| {
         let (ax, ay, bx, by) = (a.contains(x), a.contains(y), b.contains(x), b.contains(y));
         let swapped = (ax && !ay && by && !bx) || (ay && !ax && bx && !by);
         swapped.then(|| label.clone())
+    });
+    listed.or_else(|| {
+        prefixed_opposite(&a_words.words, &b_words.words)
+            .or_else(|| prefixed_opposite(&b_words.words, &a_words.words))
+    })
+}
+
+/// A word of `a` that `b` only has with a negating prefix.
+fn prefixed_opposite(a: &HashSet<String>, b: &HashSet<String>) -> Option<String> {
+    a.iter().filter(|w| w.len() >= 4).find_map(|w| {
+        NEGATING_PREFIXES.iter().find_map(|p| {
+            let opposite = format!("{p}{w}");
+            (b.contains(&opposite) && !a.contains(&opposite) && !b.contains(w))
+                .then(|| format!("{w}/{opposite}"))
+        })
     })
 }
 
@@ -271,6 +538,9 @@ struct Lists {
     numbers: HashMap<&'static str, &'static str>,
     function: HashSet<&'static str>,
     gazetteer: HashSet<&'static str>,
+    /// Units, times and data types.
+    kinds: [HashSet<&'static str>; 3],
+    aliases: HashMap<&'static str, &'static str>,
     languages: Vec<(&'static str, HashSet<&'static str>)>,
 }
 
@@ -285,6 +555,9 @@ fn lists() -> &'static Lists {
         numbers: words::NUMBER_WORDS.iter().copied().collect(),
         function: words::FUNCTION_WORDS.iter().copied().collect(),
         gazetteer: gazetteer::GAZETTEER.iter().copied().collect(),
+        kinds: [gazetteer::UNITS, gazetteer::TIMES, gazetteer::TYPES]
+            .map(|list| list.iter().copied().collect()),
+        aliases: words::ALIASES.iter().copied().collect(),
         languages: words::LANGUAGE_MARKERS
             .iter()
             .map(|(lang, markers)| (*lang, markers.iter().copied().collect()))
@@ -369,8 +642,139 @@ mod tests {
     }
 
     #[test]
+    fn what_paraphrases_change_is_let_through() {
+        let pairs = [
+            // Greetings, fillers and "I'm" are not names.
+            (
+                "Hey, quick question, I'm stuck: how do I list running Docker containers?",
+                "How do I list all running Docker containers?",
+            ),
+            // Short and long names of one thing, and possessives.
+            (
+                "whats the diff between == and === in js",
+                "What is the difference between == and === in JavaScript?",
+            ),
+            (
+                "Look up Apple's current stock price.",
+                "If it's not too much trouble, look up the current stock price of Apple.",
+            ),
+            // A name typed in lower case on one side.
+            ("who wrote romeo and juliet", "Who wrote Romeo and Juliet?"),
+            // Numbers written another way.
+            (
+                "remind me to call mom at 6pm",
+                "Set a reminder at 6 PM to call Mom.",
+            ),
+            (
+                "Give me a three-bullet summary of this ticket",
+                "Summarize this ticket in 3 bullet points",
+            ),
+            (
+                "I forgot my password, how do I set a new one?",
+                "How do I set a new password?",
+            ),
+            // A phrase moved, not a role swapped.
+            (
+                "In Rust, how do I convert a String to an integer?",
+                "How do I convert a String to an integer in Rust?",
+            ),
+            // Adjectives swapped for synonyms.
+            (
+                "What is the main cause of ocean tides?",
+                "What is the primary cause of ocean tides?",
+            ),
+            // A negation of a word the other side does not use.
+            (
+                "pip install not working, says permission denied",
+                "pip install fails with a permission denied error",
+            ),
+            // One side leaves out a unit or a time.
+            (
+                "How long should I boil an egg?",
+                "How many minutes should I boil an egg?",
+            ),
+        ];
+        for (a, b) in pairs {
+            assert_eq!(vetoed(a, b), None, "{a} / {b}");
+            assert_eq!(vetoed(b, a), None, "{b} / {a}");
+        }
+    }
+
+    #[test]
+    fn what_near_misses_change_is_caught() {
+        let pairs = [
+            (
+                "Return the rows where the payment succeeded.",
+                "Return the rows where the payment did not succeed.",
+                "negation",
+            ),
+            (
+                "Which Python types are mutable?",
+                "Which Python types are immutable?",
+                "opposite",
+            ),
+            (
+                "How do I transfer money from my savings to my checking account?",
+                "How do I transfer money from my checking to my savings account?",
+                "order",
+            ),
+            ("Convert 5 km to miles", "Convert 5 miles to km", "order"),
+            (
+                "How do I cancel my order?",
+                "How do I cancel my subscription?",
+                "substitution",
+            ),
+            (
+                "how many calories are in a banana",
+                "how many calories are in an apple",
+                "substitution",
+            ),
+            (
+                "Send the report to alice@example.com",
+                "Send the report to alicia@example.com",
+                "entities",
+            ),
+            (
+                "Get the weather forecast for Paris tomorrow.",
+                "Get the weather forecast for paris texas tomorrow.",
+                "entities",
+            ),
+            (
+                "What is the weather in Oslo today?",
+                "What is the weather in Oslo tomorrow?",
+                "entities",
+            ),
+            (
+                "How do I sort a list in Python?",
+                "How do I sort a tuple in Python?",
+                "entities",
+            ),
+            (
+                "Draft a polite reply declining the invitation.",
+                "Redacta una respuesta cortés rechazando la invitación.",
+                "language",
+            ),
+        ];
+        for (a, b, why) in pairs {
+            assert_eq!(vetoed(a, b), Some(why), "{a} / {b}");
+            assert_eq!(vetoed(b, a), Some(why), "{b} / {a}");
+        }
+    }
+
+    #[test]
+    fn numbers_are_read_the_same_however_written() {
+        assert_eq!(numbers_in("2024-05-17"), ["2024", "5", "17"]);
+        assert_eq!(numbers_in("88.40"), ["88.4"]);
+        assert_eq!(numbers_in("1,000"), ["1000"]);
+        assert_eq!(numbers_in("q3"), ["3"]);
+        assert_eq!(numbers_in("0.25"), ["0.25"]);
+        assert_eq!(numbers_in("10am"), ["10"]);
+    }
+
+    #[test]
     fn stems_match_inflections() {
         assert_eq!(stem("increasing"), stem("increase"));
         assert_eq!(stem("increased"), stem("increases"));
+        assert_eq!(stem("succeeded"), stem("succeed"));
     }
 }
