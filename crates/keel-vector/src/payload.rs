@@ -9,6 +9,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use roaring::MultiOps;
+
 use roaring::RoaringBitmap;
 use serde_json::{Map, Value};
 
@@ -166,11 +168,10 @@ impl FieldIndex {
         if inverted {
             return RoaringBitmap::new();
         }
-        let mut out = RoaringBitmap::new();
-        for set in self.nums.range((lower, upper)).map(|(_, s)| s) {
-            out |= set;
-        }
-        out
+        // One union over every set in range: far cheaper than folding them
+        // in one by one when the field holds many distinct values
+        // (timestamps).
+        self.nums.range((lower, upper)).map(|(_, s)| s).union()
     }
 }
 
