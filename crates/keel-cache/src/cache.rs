@@ -86,6 +86,15 @@ pub struct Probe {
     pub vetoes: Vec<&'static str>,
 }
 
+impl Probe {
+    /// The probe with its question's vector already known (embedded by the
+    /// caller), so neither a lookup nor a fill embeds it again.
+    pub fn with_vector(mut self, vector: Vec<f32>) -> Probe {
+        self.vector = Some(vector);
+        self
+    }
+}
+
 /// The response cache; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ResponseCache {
@@ -240,18 +249,17 @@ impl ResponseCache {
         let Some(vector) = self.vector(probe).await? else {
             return Ok(None);
         };
-        let until = if stale {
-            "keep_until_ms"
-        } else {
-            "fresh_until_ms"
-        };
+        // Only the context is filtered on in the store (one posting list);
+        // expiry is checked on the candidates, which are asked for twice
+        // over so entries past their TTL but kept for stale serving do
+        // not crowd out fresh ones. A range filter on expiry times would
+        // union one posting list per stored entry on every lookup.
         let filter = json!({"must": [
             {"key": "context", "match": {"value": probe.key.context}},
-            {"key": until, "range": {"gt": now}},
         ]});
         let query = Query {
             vector,
-            k: s.candidates.max(1),
+            k: s.candidates.max(1) * 2,
             with_payload: true,
             ..Query::default()
         };
@@ -264,7 +272,7 @@ impl ResponseCache {
             if point.score < s.threshold {
                 break;
             }
-            let Some(entry) = point.payload.and_then(Entry::from_payload) else {
+            let Some(entry) = point.payload.and_then(Entry::from_payload).filter(live) else {
                 continue;
             };
             let verdict = match (&entry.question, s.guard) {

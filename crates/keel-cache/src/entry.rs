@@ -71,6 +71,11 @@ impl Entry {
     }
 }
 
+/// How wide a semantic lookup's graph walk is: a paraphrase's entry must be
+/// found among every entry of a busy context, and a missed one is a
+/// generation paid for (`bench/RESULTS.md`, lookup latency).
+const EF_SEARCH: usize = 128;
+
 /// The cache collection's spec for vectors of `dimension`, with the
 /// fields lookups, eviction and invalidation filter on.
 pub fn spec(dimension: usize) -> CollectionSpec {
@@ -91,6 +96,9 @@ pub fn spec(dimension: usize) -> CollectionSpec {
             .map(|(field, kind)| (field.to_owned(), kind))
             .collect(),
         partition_key: None,
-        hnsw: HnswParams::default(),
+        hnsw: HnswParams {
+            ef_search: EF_SEARCH,
+            ..HnswParams::default()
+        },
     }
 }
