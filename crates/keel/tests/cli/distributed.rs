@@ -2,11 +2,13 @@
 //! `KEEL_TEST_REDIS_URL`) enforce one set of limits: a budget that fits ten
 //! calls admits exactly ten of 200 spread over three processes, a rate limit
 //! admits within 1 % of its limit, and a process killed mid-request frees
-//! its concurrency slot once its lease ends.
+//! its concurrency slot once its lease ends. Processes whose vectors live in
+//! one pgvector database share one response cache.
 
 #![expect(
     clippy::unwrap_used,
     clippy::expect_used,
+    clippy::panic,
     reason = "test helpers fail the test on a broken fixture"
 )]
 
@@ -294,4 +296,90 @@ concurrency = 1
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(status, 200, "the lease freed the slot");
+}
+
+/// Two processes whose response cache lives in one pgvector database: an
+/// answer one generates, the other serves (repeated and paraphrased), and
+/// an invalidation through one holds for the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_share_one_response_cache_on_pgvector() {
+    let sim = keel_sim::spawn(SimConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let vectors = keel_vector::testing::scratch_database("keel_cli_cache")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let shared = format!(
+        r#"
+[[embedders]]
+name = "hash"
+kind = "hashing"
+dimension = 256
+[vectors]
+url = "{vectors}"
+[cache]
+embedder = "hash"
+threshold = 0.5
+"#
+    );
+    let (servers, _dirs) = start(2, &sim, "cache", &shared).await;
+    let client = reqwest::Client::new();
+    let ask = |server: &Server, question: &str, control: &str| {
+        chat(
+            &client,
+            server,
+            &json!({"model": "m", "temperature": 0,
+                    "messages": [{"role": "user", "content": question}]}),
+        )
+        .header("cache-control", control)
+        .send()
+    };
+    let kind = |r: &reqwest::Response| {
+        r.headers()
+            .get("x-keel-cache")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let question = "What is the capital of France?";
+    let first = ask(&servers[0], question, "").await.unwrap();
+    assert_eq!(kind(&first).as_deref(), Some("miss"));
+    let generated: Value = first.json().await.unwrap();
+
+    // The fill is stored off the request path: poll the other process
+    // (no-store, so its misses store nothing of their own).
+    let mut served = None;
+    for _ in 0..200 {
+        let r = ask(&servers[1], question, "no-store").await.unwrap();
+        if kind(&r).as_deref() == Some("exact") {
+            served = Some(r.json::<Value>().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        served.as_ref(),
+        Some(&generated),
+        "the other process serves it"
+    );
+    let paraphrase = ask(
+        &servers[1],
+        "What is the capital city of France?",
+        "no-store",
+    )
+    .await
+    .unwrap();
+    assert_eq!(kind(&paraphrase).as_deref(), Some("semantic"));
+
+    let invalidated = client
+        .post(format!("{}/admin/v1/cache/invalidate", servers[0].base))
+        .bearer_auth(ADMIN)
+        .json(&json!({"tenant": "t1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(invalidated.status(), 200);
+    let after = ask(&servers[1], question, "no-store").await.unwrap();
+    assert_eq!(kind(&after).as_deref(), Some("miss"), "gone for both");
 }
