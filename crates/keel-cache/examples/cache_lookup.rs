@@ -152,7 +152,11 @@ async fn run(entries: usize, contexts: usize, queries: usize) {
         for _ in 0..queries {
             let i = rng.gen_range(0..entries);
             let (req, vector, want) = match kind {
-                "exact" => (request(i % contexts, &question(i)), vectors[i].clone(), Some(HitKind::Exact)),
+                "exact" => (
+                    request(i % contexts, &question(i)),
+                    vectors[i].clone(),
+                    Some(HitKind::Exact),
+                ),
                 "semantic" => (
                     request(i % contexts, &paraphrase(i)),
                     near(&vectors[i], &mut rng),

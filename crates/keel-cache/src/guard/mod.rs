@@ -125,7 +125,8 @@ const DETERMINERS: &[&str] = &[
 ];
 
 /// Whether the questions are the same words but for one or two after a
-/// determiner: another thing asked about in the same frame.
+/// determiner, or after a determiner and one more word: another thing
+/// asked about in the same frame.
 fn substituted(a: &[Word], b: &[Word]) -> bool {
     let prefix = a
         .iter()
@@ -143,10 +144,14 @@ fn substituted(a: &[Word], b: &[Word]) -> bool {
     let (ma, mb) = (&a[prefix..a.len() - suffix], &b[prefix..b.len() - suffix]);
     let short = |m: &[Word]| (1..=2).contains(&m.len()) && m.iter().all(|w| w.content);
     let describes = |m: &[Word]| m.iter().all(|w| is_adjective(&w.text));
-    prefix > 0
-        && short(ma)
+    // "cancel my order", or one word on ("the invoice number").
+    let framed = |back: usize| {
+        prefix >= back && DETERMINERS.contains(&a[prefix - back].text.as_str())
+    };
+    let after_modifier = prefix >= 2 && a[prefix - 1].content;
+    short(ma)
         && short(mb)
-        && DETERMINERS.contains(&a[prefix - 1].text.as_str())
+        && (framed(1) || after_modifier && framed(2))
         && !(describes(ma) && describes(mb))
 }
 
