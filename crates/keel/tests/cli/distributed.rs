@@ -8,7 +8,6 @@
 #![expect(
     clippy::unwrap_used,
     clippy::expect_used,
-    clippy::panic,
     reason = "test helpers fail the test on a broken fixture"
 )]
 
@@ -311,7 +310,7 @@ async fn processes_share_one_response_cache_on_pgvector() {
     .unwrap();
     let vectors = keel_vector::testing::scratch_database("keel_cli_cache")
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("a pgvector server (scripts/pgvector.sh starts one)");
     let shared = format!(
         r#"
 [[embedders]]
