@@ -7,6 +7,7 @@
 //! another replica take effect everywhere.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use http::HeaderMap;
@@ -30,29 +31,52 @@ pub struct Caller {
 #[derive(Debug, Clone, Default)]
 pub struct KeyTable {
     by_hash: Arc<RwLock<HashMap<String, Caller>>>,
+    /// Bumped by every change this process makes, so a reload that read
+    /// the store before the change does not overwrite it.
+    changes: Arc<AtomicU64>,
 }
 
 impl KeyTable {
     /// Replaces the table with the store's active keys.
     pub async fn reload(&self, store: &Store) -> Result<usize, StoreError> {
-        let keys = store.active_keys().await?;
+        loop {
+            let seen = self.changes.load(Ordering::SeqCst);
+            let keys = store.active_keys().await?;
+            if let Some(count) = self.replace_unless_changed(seen, &keys) {
+                return Ok(count);
+            }
+            // A key was created or revoked here while the store was read;
+            // the store has it now, so read again rather than lose it.
+        }
+    }
+
+    /// Replaces the table with `keys` if nothing changed since `seen`;
+    /// returns how many keys it holds, or `None` when it changed.
+    fn replace_unless_changed(&self, seen: u64, keys: &[ApiKey]) -> Option<usize> {
         let table: HashMap<String, Caller> = keys
-            .into_iter()
-            .map(|k| (k.hash.clone(), caller_of(&k)))
+            .iter()
+            .map(|k| (k.hash.clone(), caller_of(k)))
             .collect();
-        let count = table.len();
-        *self.write() = table;
-        Ok(count)
+        let mut current = self.write();
+        if self.changes.load(Ordering::SeqCst) != seen {
+            return None;
+        }
+        *current = table;
+        Some(current.len())
     }
 
     /// Adds one key (after the admin API created it).
     pub fn insert(&self, key: &ApiKey) {
-        self.write().insert(key.hash.clone(), caller_of(key));
+        let mut table = self.write();
+        table.insert(key.hash.clone(), caller_of(key));
+        self.changes.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Removes a key by id (after the admin API revoked it).
     pub fn remove(&self, id: &KeyId) {
-        self.write().retain(|_, caller| &caller.key_id != id);
+        let mut table = self.write();
+        table.retain(|_, caller| &caller.key_id != id);
+        self.changes.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Finds the caller for a request's `Authorization: Bearer` or
@@ -160,5 +184,41 @@ mod tests {
             check_admin(&headers("Bearer t0k"), None).unwrap_err().code,
             ErrorCode::Forbidden
         );
+    }
+
+    fn key(id: &str, secret: &str) -> ApiKey {
+        ApiKey {
+            id: KeyId::new(id).unwrap(),
+            tenant_id: TenantId::new("t").unwrap(),
+            user_id: None,
+            name: id.to_owned(),
+            hash: keel_store::hash_key(secret),
+            prefix: String::new(),
+            created_ms: 0,
+            revoked_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_reload_read_before_a_local_change_does_not_overwrite_it() {
+        let table = KeyTable::default();
+        let old = key("k1", "sk-old");
+
+        // A refresh reads the store (holding only the old key)...
+        let seen = table.changes.load(Ordering::SeqCst);
+        // ...the admin API creates a key here meanwhile...
+        table.insert(&key("k2", "sk-new"));
+        // ...and the refresh's stale read must not drop the new key.
+        assert_eq!(
+            table.replace_unless_changed(seen, std::slice::from_ref(&old)),
+            None
+        );
+        assert!(table.authenticate(&headers("Bearer sk-new")).is_ok());
+
+        // With nothing changed in between, the store's view wins.
+        let seen = table.changes.load(Ordering::SeqCst);
+        assert_eq!(table.replace_unless_changed(seen, &[old]), Some(1));
+        assert!(table.authenticate(&headers("Bearer sk-old")).is_ok());
+        assert!(table.authenticate(&headers("Bearer sk-new")).is_err());
     }
 }
