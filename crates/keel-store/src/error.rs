@@ -118,6 +118,17 @@ pub enum StoreError {
         max_rows: usize,
     },
 
+    /// A signal was sent to a step that cannot take one now.
+    #[error("step {step:?} of run {run_id:?} cannot take a signal: {reason}")]
+    NotWaiting {
+        /// The run.
+        run_id: String,
+        /// The step's key.
+        step: String,
+        /// Why not.
+        reason: &'static str,
+    },
+
     /// The database refused or failed an operation.
     #[error("database error while trying to {op}: {source}")]
     Database {

@@ -10,6 +10,7 @@
 
 mod backend;
 mod error;
+pub mod flow;
 mod keys;
 mod ledger;
 mod limits;

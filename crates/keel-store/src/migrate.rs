@@ -47,6 +47,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0003_cache_savings.sql"),
         postgres: include_str!("../migrations/postgres/0003_cache_savings.sql"),
     },
+    Migration {
+        version: 4,
+        name: "flow",
+        sqlite: include_str!("../migrations/sqlite/0004_flow.sql"),
+        postgres: include_str!("../migrations/postgres/0004_flow.sql"),
+    },
 ];
 
 /// The bookkeeping table; the same SQL serves both dialects.

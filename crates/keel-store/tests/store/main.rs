@@ -5,6 +5,7 @@
 mod support;
 
 mod connect;
+mod flow;
 mod keys;
 mod ledger;
 mod limits;
