@@ -7,7 +7,13 @@
 //! steps' outputs into prompts and arguments.
 
 pub mod definition;
+mod engine;
+mod error;
+pub mod services;
 pub mod template;
 
 pub use definition::{DefinitionError, Problem, Workflow, parse};
+pub use engine::{Clock, Engine, EngineConfig, RunView};
+pub use error::FlowError;
+pub use services::{CallError, ChatCall, ChatReply, HttpCall, Message, RetrieveCall, Services};
 pub use template::{Template, TemplateError, ValueTemplate};

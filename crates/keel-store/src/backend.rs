@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -74,6 +75,19 @@ pub(crate) enum Pool {
 #[derive(Debug, Clone)]
 pub struct Store {
     pub(crate) pool: Pool,
+    /// Where workflow timing (due times, leases, deadlines) reads the time;
+    /// the wall clock unless [`Store::with_clock`] set another.
+    clock: Clock,
+}
+
+/// A source of unix milliseconds.
+#[derive(Clone)]
+struct Clock(Option<Arc<dyn Fn() -> i64 + Send + Sync>>);
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Clock(custom)" } else { "Clock(wall)" })
+    }
 }
 
 /// Runs the same block against whichever pool a store holds, binding the pool
@@ -104,6 +118,23 @@ impl Store {
             _ => Err(StoreError::UnsupportedUrl {
                 scheme: scheme.to_owned(),
             }),
+        }
+    }
+
+    /// This store, reading workflow time (due times, leases, deadlines)
+    /// from `clock` in unix milliseconds instead of the wall clock: an
+    /// engine on tokio's paused clock in tests, or one clock shared by the
+    /// parts of an engine.
+    pub fn with_clock(mut self, clock: Arc<dyn Fn() -> i64 + Send + Sync>) -> Store {
+        self.clock = Clock(Some(clock));
+        self
+    }
+
+    /// The time workflow bookkeeping uses, unix milliseconds.
+    pub fn clock_ms(&self) -> i64 {
+        match &self.clock.0 {
+            Some(clock) => clock(),
+            None => now_ms(),
         }
     }
 
@@ -179,6 +210,7 @@ async fn connect_sqlite(url: &str) -> Result<Store, StoreError> {
     info!(backend = "sqlite", path = %path.display(), "Opened store");
     Ok(Store {
         pool: Pool::Sqlite(pool),
+        clock: Clock(None),
     })
 }
 
@@ -206,6 +238,7 @@ async fn connect_postgres(url: &str) -> Result<Store, StoreError> {
     );
     Ok(Store {
         pool: Pool::Postgres(pool),
+        clock: Clock(None),
     })
 }
 

@@ -12,7 +12,7 @@ use sqlx::Row;
 
 use super::runs::json;
 use super::types::{Claimed, StepStatus};
-use crate::backend::{Backend, BeginWrite, RowExt, Store, now_ms, on_pool};
+use crate::backend::{Backend, BeginWrite, RowExt, Store, on_pool};
 use crate::error::StoreError;
 
 /// What to claim, for whom, and for how long.
@@ -84,7 +84,7 @@ impl Store {
     /// Claims up to `request.batch` claimable steps of a queue, each under
     /// a new lease with a fresh token, and opens an attempt for each.
     pub async fn claim_steps(&self, request: &ClaimRequest) -> Result<Vec<Claimed>, StoreError> {
-        let now = now_ms();
+        let now = self.clock_ms();
         let sql = candidates_sql(self.backend());
         let cap = request.tenant_concurrency.map_or(i64::MAX, i64::from);
         on_pool!(self, |pool| {
@@ -174,7 +174,7 @@ impl Store {
         token: &str,
         lease_ms: i64,
     ) -> Result<bool, StoreError> {
-        let now = now_ms();
+        let now = self.clock_ms();
         on_pool!(self, |pool| {
             sqlx::query(
                 "UPDATE flow_steps SET due_ms = $4, updated_ms = $5 WHERE run_id = $1 \

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::runs::{CANCEL_ATTEMPTS, CANCEL_STEPS, INSERT_DEP, INSERT_STEP, clamp};
 use super::types::{AttemptTrace, RunEnd, StepUpdate};
-use crate::backend::{Backend, BeginWrite, RowExt, Store, now_ms, on_pool};
+use crate::backend::{Backend, BeginWrite, RowExt, Store, on_pool};
 use crate::error::StoreError;
 
 /// Serialises changes to one run: two dependencies of a join finishing at
@@ -149,7 +149,7 @@ impl Store {
         trace: &AttemptTrace,
         run_end: Option<&RunEnd>,
     ) -> Result<bool, StoreError> {
-        let now = now_ms();
+        let now = self.clock_ms();
         let change = change(update, now);
         let lock = lock_run_sql(self.backend());
         on_pool!(self, |pool| {
@@ -290,7 +290,7 @@ impl Store {
         key: &str,
         output: &Value,
     ) -> Result<(), StoreError> {
-        let now = now_ms();
+        let now = self.clock_ms();
         let lock = lock_run_sql(self.backend());
         let output_text = output.to_string();
         let outcome: Result<(), &'static str> = on_pool!(self, |pool| {

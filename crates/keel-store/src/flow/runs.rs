@@ -5,7 +5,7 @@ use keel_core::Cost;
 use serde_json::Value;
 
 use super::types::*;
-use crate::backend::{BeginWrite, RowExt, Store, now_ms, on_pool};
+use crate::backend::{BeginWrite, RowExt, Store, on_pool};
 use crate::error::StoreError;
 
 const RUN_COLUMNS: &str = "id, tenant_id, workflow, version, status, input, output, error, \
@@ -55,7 +55,7 @@ impl Store {
     /// run is new.
     pub async fn start_run(&self, run: &NewRun) -> Result<(RunRecord, bool), StoreError> {
         let id = format!("run_{}", uuid::Uuid::now_v7().simple());
-        let now = now_ms();
+        let now = self.clock_ms();
         let input = run.input.to_string();
         let started: Option<String> = on_pool!(self, |pool| {
             async {
@@ -200,7 +200,7 @@ impl Store {
     /// one of them can no longer finish it. False if the run was not
     /// running (or is not the tenant's).
     pub async fn cancel_run(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
-        let now = now_ms();
+        let now = self.clock_ms();
         on_pool!(self, |pool| {
             async {
                 let mut tx = pool.begin_write().await?;
