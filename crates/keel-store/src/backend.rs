@@ -86,7 +86,11 @@ struct Clock(Option<Arc<dyn Fn() -> i64 + Send + Sync>>);
 
 impl std::fmt::Debug for Clock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() { "Clock(custom)" } else { "Clock(wall)" })
+        f.write_str(if self.0.is_some() {
+            "Clock(custom)"
+        } else {
+            "Clock(wall)"
+        })
     }
 }
 

@@ -103,15 +103,23 @@ impl Engine {
         };
         let is_item = plan::split_item(&claimed.key).is_some();
         let gathering = matches!(step.kind, StepKind::Map(_))
-            && state.steps.keys().any(|k| k.starts_with(&format!("{}[", step.id)));
+            && state
+                .steps
+                .keys()
+                .any(|k| k.starts_with(&format!("{}[", step.id)));
         let fresh = claimed.was == StepStatus::Ready || claimed.was == StepStatus::Leased;
 
-        if fresh && !is_item && !gathering {
-            if let Some(reason) = state.skip_reason(workflow, step) {
-                return (StepUpdate::Skipped(reason), None);
-            }
+        if fresh
+            && !is_item
+            && !gathering
+            && let Some(reason) = state.skip_reason(workflow, step)
+        {
+            return (StepUpdate::Skipped(reason), None);
         }
-        if fresh && !gathering && let Some(when) = &step.when {
+        if fresh
+            && !gathering
+            && let Some(when) = &step.when
+        {
             match when.evaluate(&context) {
                 Ok(value) if !truthy(&value) => {
                     let reason = format!("its condition is false: {}", when.source());
@@ -137,7 +145,10 @@ impl Engine {
             claimed,
             context: context.clone(),
         };
-        let Some(outcome) = self.keeping_lease(claimed, self.run_kind(&run, trace)).await else {
+        let Some(outcome) = self
+            .keeping_lease(claimed, self.run_kind(&run, trace))
+            .await
+        else {
             return (StepUpdate::Skipped("lost the lease".to_owned()), None);
         };
         match outcome {
@@ -242,7 +253,12 @@ fn end_run(workflow: &Workflow, state: &RunState) -> (StepUpdate, Option<RunEnd>
     let failed: Vec<&str> = workflow
         .steps
         .iter()
-        .filter(|s| state.steps.get(&s.id).is_some_and(|r| r.status == StepStatus::Failed))
+        .filter(|s| {
+            state
+                .steps
+                .get(&s.id)
+                .is_some_and(|r| r.status == StepStatus::Failed)
+        })
         .filter(|s| {
             // A failure a fallback made good is no failure of the run.
             !matches!(&s.on_failure, FailurePolicy::FallbackStep(x)
@@ -262,7 +278,11 @@ fn end_run(workflow: &Workflow, state: &RunState) -> (StepUpdate, Option<RunEnd>
             Some(output),
             Some(format!("steps failed: {}", failed.join(", "))),
         ),
-        (Err(e), _) => (RunStatus::Failed, None, Some(format!("the workflow's output: {e}"))),
+        (Err(e), _) => (
+            RunStatus::Failed,
+            None,
+            Some(format!("the workflow's output: {e}")),
+        ),
     };
     let update = StepUpdate::Succeeded(output.clone().unwrap_or(Value::Null));
     (

@@ -120,3 +120,39 @@ pub(crate) fn resolve(
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(retry: &str) -> Step {
+        let text = format!(
+            "name: t\nagents: {{a: {{model: m}}}}\nsteps: [{{id: s, kind: llm, agent: a, \
+             prompt: x, retry: {retry}}}]"
+        );
+        crate::definition::parse(&text).unwrap().steps.remove(0)
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_its_cap() {
+        let step = step("{max_attempts: 9, backoff: 1s, max_backoff: 8s}");
+        for (attempt, full) in [(1, 1_000), (2, 2_000), (3, 4_000), (4, 8_000), (8, 8_000)] {
+            for _ in 0..50 {
+                let wait = millis(backoff(&step, attempt, None));
+                assert!(
+                    (full / 2..=full).contains(&wait),
+                    "attempt {attempt}: {wait}ms"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn retry_after_wins_when_longer_but_is_capped() {
+        let step = step("{max_attempts: 3, backoff: 1s}");
+        let asked = Some(Duration::from_secs(40));
+        assert!(backoff(&step, 1, asked) >= Duration::from_secs(40));
+        let absurd = Some(Duration::from_secs(86_400));
+        assert_eq!(backoff(&step, 1, absurd), MAX_RETRY_AFTER);
+    }
+}

@@ -25,6 +25,17 @@ pub(crate) struct StepRun<'a> {
     pub(crate) context: Value,
 }
 
+/// How a step asks its agent's model, beyond the messages.
+#[derive(Default)]
+struct Ask<'a> {
+    /// A model alias instead of the agent's.
+    model: Option<&'a str>,
+    /// A completion token cap instead of the agent's.
+    max_tokens: Option<u32>,
+    /// Whether to ask for a JSON object.
+    json: bool,
+}
+
 /// A template that failed to render fails the attempt for good: the same
 /// input renders the same way next time.
 fn rendering(what: &str) -> impl FnOnce(TemplateError) -> CallError + '_ {
@@ -68,13 +79,12 @@ impl Engine {
         &self,
         run: &StepRun<'_>,
         agent: &Agent,
-        model: Option<&str>,
         messages: Vec<Message>,
-        max_tokens: Option<u32>,
-        json: bool,
+        ask: Ask<'_>,
         trace: &mut AttemptTrace,
     ) -> Result<crate::services::ChatReply, CallError> {
-        let model = model_for(run.step, run.claimed.attempt, model.unwrap_or(&agent.model));
+        let own = ask.model.unwrap_or(&agent.model);
+        let model = model_for(run.step, run.claimed.attempt, own);
         trace.input = Some(json!({"model": model, "messages": messages}));
         let call = ChatCall {
             tenant_id: run.claimed.tenant_id.clone(),
@@ -83,9 +93,9 @@ impl Engine {
             step: run.claimed.key.clone(),
             model,
             messages,
-            max_tokens: max_tokens.or(agent.max_tokens),
+            max_tokens: ask.max_tokens.or(agent.max_tokens),
             temperature: agent.temperature,
-            json,
+            json: ask.json,
         };
         let reply = timed(run.step, self.services.chat(call)).await?;
         trace.model = Some(reply.model.clone());
@@ -104,10 +114,23 @@ impl Engine {
         let agent = agent(run.workflow, &llm.agent)?;
         let mut messages = system(agent, &run.context)?;
         messages.extend(handed_over(run, &llm.agent));
-        let prompt = llm.prompt.render(&run.context).map_err(rendering("prompt"))?;
+        let prompt = llm
+            .prompt
+            .render(&run.context)
+            .map_err(rendering("prompt"))?;
         messages.push(Message::new("user", prompt));
         let reply = self
-            .chat(run, agent, llm.model.as_deref(), messages, llm.max_tokens, llm.json, trace)
+            .chat(
+                run,
+                agent,
+                messages,
+                Ask {
+                    model: llm.model.as_deref(),
+                    max_tokens: llm.max_tokens,
+                    json: llm.json,
+                },
+                trace,
+            )
             .await?;
         if !llm.json {
             return Ok(Outcome::Done(json!({
@@ -145,9 +168,14 @@ impl Engine {
                 names.join(", ")
             ),
         ));
-        let prompt = handoff.prompt.render(&run.context).map_err(rendering("prompt"))?;
+        let prompt = handoff
+            .prompt
+            .render(&run.context)
+            .map_err(rendering("prompt"))?;
         messages.push(Message::new("user", prompt.clone()));
-        let reply = self.chat(run, agent, None, messages, None, false, trace).await?;
+        let reply = self
+            .chat(run, agent, messages, Ask::default(), trace)
+            .await?;
         let chosen = choose(&reply.text, &names).ok_or_else(|| {
             CallError::retryable(format!(
                 "agent '{}' had to pick one of {} and answered: {}",
@@ -173,7 +201,10 @@ impl Engine {
         retrieve: &RetrieveStep,
         trace: &mut AttemptTrace,
     ) -> Result<Outcome, CallError> {
-        let query = retrieve.query.render(&run.context).map_err(rendering("query"))?;
+        let query = retrieve
+            .query
+            .render(&run.context)
+            .map_err(rendering("query"))?;
         let filter = match &retrieve.filter {
             Some(filter) => Some(filter.evaluate(&run.context).map_err(rendering("filter"))?),
             None => None,
@@ -196,12 +227,14 @@ impl Engine {
         tool_step: &ToolStep,
         trace: &mut AttemptTrace,
     ) -> Result<Outcome, CallError> {
-        let tool = run
-            .workflow
-            .tools
-            .get(&tool_step.tool)
-            .ok_or_else(|| CallError::permanent(format!("unknown tool '{}'", tool_step.tool)))?;
-        let args = tool_step.args.evaluate(&run.context).map_err(rendering("args"))?;
+        let tool =
+            run.workflow.tools.get(&tool_step.tool).ok_or_else(|| {
+                CallError::permanent(format!("unknown tool '{}'", tool_step.tool))
+            })?;
+        let args = tool_step
+            .args
+            .evaluate(&run.context)
+            .map_err(rendering("args"))?;
         trace.input = Some(args.clone());
         let http = match &tool.target {
             ToolTarget::Worker { queue } => {
@@ -232,7 +265,9 @@ impl Engine {
             body,
             timeout: run.step.timeout,
         };
-        Ok(Outcome::Done(timed(run.step, self.services.http(call)).await?))
+        Ok(Outcome::Done(
+            timed(run.step, self.services.http(call)).await?,
+        ))
     }
 
     /// A person's step: ask, then wait; once the deadline passes, the
@@ -293,7 +328,9 @@ fn map_step(run: &StepRun<'_>, map: &MapStep) -> Result<Outcome, CallError> {
         .collect();
     if !items.is_empty() {
         items.sort_by_key(|(index, _)| *index);
-        return Ok(Outcome::Done(Value::Array(items.into_iter().map(|(_, o)| o).collect())));
+        return Ok(Outcome::Done(Value::Array(
+            items.into_iter().map(|(_, o)| o).collect(),
+        )));
     }
     let list = map.over.evaluate(&run.context).map_err(rendering("over"))?;
     let Value::Array(list) = list else {
@@ -314,7 +351,12 @@ fn join(run: &StepRun<'_>) -> Value {
         .step
         .depends_on
         .iter()
-        .filter(|d| run.state.steps.get(*d).is_some_and(|s| s.status == StepStatus::Succeeded))
+        .filter(|d| {
+            run.state
+                .steps
+                .get(*d)
+                .is_some_and(|s| s.status == StepStatus::Succeeded)
+        })
         .map(|d| (d.clone(), run.state.output(run.workflow, d)))
         .collect();
     Value::Object(outputs)
@@ -342,7 +384,12 @@ fn handed_over(run: &StepRun<'_>, agent: &str) -> Vec<Message> {
     run.step
         .depends_on
         .iter()
-        .filter(|d| matches!(run.workflow.step(d).map(|s| &s.kind), Some(StepKind::Handoff(_))))
+        .filter(|d| {
+            matches!(
+                run.workflow.step(d).map(|s| &s.kind),
+                Some(StepKind::Handoff(_))
+            )
+        })
         .map(|d| run.state.output(run.workflow, d))
         .filter(|output| output["agent"] == agent)
         .flat_map(|output| {
@@ -357,7 +404,10 @@ fn choose<'n>(answer: &str, names: &[&'n str]) -> Option<&'n str> {
     if let Ok(value) = serde_json::from_str::<Value>(strip_fences(answer))
         && let Some(agent) = value["agent"].as_str()
     {
-        return names.iter().copied().find(|n| n.eq_ignore_ascii_case(agent));
+        return names
+            .iter()
+            .copied()
+            .find(|n| n.eq_ignore_ascii_case(agent));
     }
     answer
         .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '-'))
@@ -387,12 +437,44 @@ fn excerpt(text: &str) -> String {
 mod tests {
     use super::*;
 
+    fn step_with_timeout(timeout: Duration) -> Step {
+        let text =
+            "name: t\nagents: {a: {model: m}}\nsteps: [{id: s, kind: llm, agent: a, prompt: x}]";
+        let mut step = crate::definition::parse(text).unwrap().steps.remove(0);
+        step.timeout = Some(timeout);
+        step
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_call_times_out_as_a_retryable_error() {
+        let step = step_with_timeout(Duration::from_secs(30));
+        let slow = async {
+            tokio::time::sleep(Duration::from_secs(31)).await;
+            Ok::<_, CallError>("late")
+        };
+        let error = timed(&step, slow).await.unwrap_err();
+        assert!(error.retryable);
+        assert_eq!(error.message, "the step timed out after 30s");
+
+        let quick = async { Ok::<_, CallError>("on time") };
+        assert_eq!(timed(&step, quick).await.unwrap(), "on time");
+    }
+
     #[test]
     fn choose_reads_json_or_the_first_named_target() {
         let names = ["billing", "technical"];
-        assert_eq!(choose("Billing. The customer wants a refund.", &names), Some("billing"));
-        assert_eq!(choose(r#"{"agent": "technical"}"#, &names), Some("technical"));
-        assert_eq!(choose("```json\n{\"agent\": \"billing\"}\n```", &names), Some("billing"));
+        assert_eq!(
+            choose("Billing. The customer wants a refund.", &names),
+            Some("billing")
+        );
+        assert_eq!(
+            choose(r#"{"agent": "technical"}"#, &names),
+            Some("technical")
+        );
+        assert_eq!(
+            choose("```json\n{\"agent\": \"billing\"}\n```", &names),
+            Some("billing")
+        );
         assert_eq!(choose("Sales should take this", &names), None);
         assert_eq!(choose(r#"{"agent": "sales"}"#, &names), None);
     }

@@ -13,6 +13,7 @@ mod execute;
 mod failure;
 mod kinds;
 pub(crate) mod plan;
+mod tasks;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,7 @@ use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 pub use clock::Clock;
+pub use tasks::{Task, TaskReport};
 
 use crate::definition::{self, Workflow};
 use crate::error::FlowError;
@@ -117,7 +119,10 @@ impl Engine {
     /// Checks a definition and stores it as the newest version of its name.
     pub async fn register(&self, tenant: &str, text: &str) -> Result<StoredWorkflow, FlowError> {
         let workflow = definition::parse(text)?;
-        let stored = self.store.save_workflow(tenant, &workflow.name, text).await?;
+        let stored = self
+            .store
+            .save_workflow(tenant, &workflow.name, text)
+            .await?;
         self.remember(tenant, &stored.name, stored.version, Arc::new(workflow));
         Ok(stored)
     }
@@ -200,6 +205,7 @@ impl Engine {
             batch: self.config.batch,
             per_tenant: self.config.per_tenant,
             tenant_concurrency: self.config.tenant_concurrency,
+            tenant: None,
         };
         let claimed = self.store.claim_steps(&request).await?;
         let count = claimed.len();
@@ -211,7 +217,9 @@ impl Engine {
         while let Some(done) = running.join_next().await {
             match done {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => warn!(error = %e, "A step could not be recorded; its lease will expire"),
+                Ok(Err(e)) => {
+                    warn!(error = %e, "A step could not be recorded; its lease will expire")
+                }
                 Err(e) => warn!(error = %e, "A step's task ended abnormally"),
             }
         }

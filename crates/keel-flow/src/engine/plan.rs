@@ -140,7 +140,10 @@ mod tests {
             .iter()
             .map(|i| i.deps.iter().map(|d| d.key.as_str()).collect())
             .collect();
-        assert_eq!(waits, [vec![], vec![], vec!["m[0]"], vec!["m[1]"], vec!["m[2]"]]);
+        assert_eq!(
+            waits,
+            [vec![], vec![], vec!["m[0]"], vec!["m[1]"], vec!["m[2]"]]
+        );
         assert_eq!(items[3].input, Some(json!({"item": 4, "index": 3})));
     }
 }

@@ -30,11 +30,14 @@ pub struct ClaimRequest {
     pub per_tenant: u32,
     /// The most steps of one tenant leased at once on this queue.
     pub tenant_concurrency: Option<u32>,
+    /// Claim only this tenant's steps (a tenant's own workers).
+    pub tenant: Option<String>,
 }
 
 /// Claimable: ready and due, leased with the lease expired, or waiting
 /// for a person past the deadline. `due_ms` holds each of those times.
-const CLAIMABLE: &str = "queue = $1 AND status IN ('ready', 'leased', 'waiting') AND due_ms <= $2";
+const CLAIMABLE: &str = "queue = $1 AND status IN ('ready', 'leased', 'waiting') AND due_ms <= $2 \
+     AND ($6 = '' OR tenant_id = $6)";
 
 /// Leases held per tenant on the queue right now.
 const BUSY: &str = "busy AS (SELECT tenant_id, COUNT(*) AS leased FROM flow_steps \
@@ -96,6 +99,7 @@ impl Store {
                     .bind(i64::from(request.per_tenant.max(1)))
                     .bind(cap)
                     .bind(i64::from(request.batch))
+                    .bind(request.tenant.as_deref().unwrap_or(""))
                     .fetch_all(&mut *tx)
                     .await?
                     .iter()

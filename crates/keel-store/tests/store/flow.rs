@@ -40,6 +40,7 @@ fn claim(queue: &str, batch: u32) -> ClaimRequest {
         batch,
         per_tenant: batch,
         tenant_concurrency: None,
+        tenant: None,
     }
 }
 
@@ -237,6 +238,16 @@ async fn claims_are_fair_across_tenants_and_capped_per_tenant(db: TestDb) -> Res
     let more = store.claim_steps(&request).await?;
     // noisy holds 3 leases already: the cap of 5 leaves room for 2.
     assert_eq!(more.iter().filter(|c| c.tenant_id == "noisy").count(), 2);
+
+    request.tenant = Some("quiet".to_owned());
+    request.tenant_concurrency = None;
+    ensure!(
+        store.claim_steps(&request).await?.is_empty(),
+        "quiet's steps are all leased"
+    );
+    request.tenant = Some("noisy".to_owned());
+    let own = store.claim_steps(&request).await?;
+    ensure!(!own.is_empty() && own.iter().all(|c| c.tenant_id == "noisy"));
     Ok(())
 }
 
@@ -423,7 +434,11 @@ async fn a_map_waits_for_its_items_then_runs_again(db: TestDb) -> Result<()> {
     let claimed = store.claim_steps(&claim("", 10)).await?;
     let keys: HashSet<_> = claimed.iter().map(|c| c.key.as_str()).collect();
     assert_eq!(keys, HashSet::from(["each[0]", "each[1]", "each[2]"]));
-    ensure!(claimed.iter().all(|c| c.input.as_ref().is_some_and(|i| i["item"].is_number())));
+    ensure!(
+        claimed
+            .iter()
+            .all(|c| c.input.as_ref().is_some_and(|i| i["item"].is_number()))
+    );
     for c in &claimed {
         ensure!(succeed(store, c, json!(c.key)).await?);
     }
