@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::caching::{CacheSetup, RequestCache};
+use crate::flow::FlowSetup;
 use crate::limiting::{LimitsSetup, RequestLimits};
 use crate::retrieval::{Retrieval, RetrievalError, RetrievalSetup};
 use crate::{AppState, KeyTable, ServerSettings};
@@ -45,6 +46,8 @@ pub struct AppConfig {
     pub retrieval: RetrievalSetup,
     /// The response cache; `None` turns it off.
     pub cache: Option<CacheSetup>,
+    /// Workflows; `None` turns them off.
+    pub flow: Option<FlowSetup>,
 }
 
 /// Why keel could not start.
@@ -65,6 +68,14 @@ pub enum StartError {
     /// The cache names an embedder that is not configured.
     #[error("cache: embedder {0:?} is not configured under [[embedders]]")]
     CacheEmbedder(String),
+    /// A configured workflow definition was refused.
+    #[error("workflow for tenant {tenant:?}: {reason}")]
+    Workflow {
+        /// The tenant it was registered for.
+        tenant: String,
+        /// Why it was refused (every problem, with its line).
+        reason: String,
+    },
     /// The listener's address could not be read.
     #[error("listener: {0}")]
     Listener(#[from] std::io::Error),
@@ -104,6 +115,9 @@ pub struct App {
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<std::io::Result<()>>,
     ledger_task: LedgerTask,
+    /// The engine's loop and the retention pruner.
+    flow_tasks: Vec<JoinHandle<()>>,
+    stop_flow: tokio::sync::watch::Sender<bool>,
     grace: Duration,
 }
 
@@ -140,7 +154,7 @@ impl App {
         let (ledger, ledger_task) = Ledger::spawn(store.clone(), config.ledger);
         let keys = KeyTable::default();
         let loaded = keys.reload(&store).await?;
-        let state = AppState {
+        let mut state = AppState {
             gateway,
             keys,
             store,
@@ -149,8 +163,41 @@ impl App {
             limits,
             retrieval,
             cache,
+            flow: None,
             settings: Arc::new(config.server),
         };
+        let mut flow_tasks = Vec::new();
+        let (stop_flow, flow_stopped) = tokio::sync::watch::channel(false);
+        if let Some(setup) = &config.flow {
+            // Steps call the routes of a state without the engine, so the
+            // engine does not hold itself.
+            let services_router = crate::router(state.clone());
+            let engine = crate::flow::engine(
+                state.store.clone(),
+                services_router,
+                state.keys.clone(),
+                setup,
+            );
+            for (tenant, definition) in &setup.workflows {
+                let stored = engine
+                    .register(tenant.as_str(), definition)
+                    .await
+                    .map_err(|e| StartError::Workflow {
+                        tenant: tenant.to_string(),
+                        reason: e.to_string(),
+                    })?;
+                tracing::info!(tenant = %tenant, workflow = %stored.name, version = stored.version, "Registered workflow");
+            }
+            let mut stopped = flow_stopped.clone();
+            flow_tasks.push(tokio::spawn(Arc::clone(&engine).serve(async move {
+                _ = stopped.wait_for(|stop| *stop).await;
+            })));
+            flow_tasks.push(tokio::spawn(crate::flow::prune(
+                Arc::clone(&engine),
+                setup.retention,
+            )));
+            state.flow = Some(engine);
+        }
 
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
@@ -164,6 +211,8 @@ impl App {
             stop: Some(stop),
             server,
             ledger_task,
+            flow_tasks,
+            stop_flow,
             grace: config.shutdown_grace,
         })
     }
@@ -192,6 +241,12 @@ impl App {
                 );
                 self.server.abort();
             }
+        }
+        // Steps still running are dropped; their leases expire and another
+        // engine (or the next start) takes them over.
+        _ = self.stop_flow.send(true);
+        for task in self.flow_tasks.drain(..) {
+            task.abort();
         }
         self.ledger_task.shutdown().await;
         // The next start then loads graphs instead of replaying logs.

@@ -27,16 +27,84 @@ pub struct Caller {
     pub user_id: Option<UserId>,
 }
 
+/// The header that marks a request keel makes to itself (a workflow
+/// step calling the gateway path), with this process's internal secret.
+const INTERNAL_HEADER: &str = "x-keel-internal";
+/// The tenant an internal request acts for.
+const INTERNAL_TENANT_HEADER: &str = "x-keel-tenant";
+/// The key id internal requests are attributed to.
+const INTERNAL_KEY: &str = "keel-flow";
+
 /// The in-memory key table.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone)]
 pub struct KeyTable {
     by_hash: Arc<RwLock<HashMap<String, Caller>>>,
     /// Bumped by every change this process makes, so a reload that read
     /// the store before the change does not overwrite it.
     changes: Arc<AtomicU64>,
+    /// The hash of a random secret that exists only in this process: a
+    /// request carrying it was made by keel itself.
+    internal_hash: Arc<str>,
+    internal_secret: Arc<str>,
+}
+
+impl std::fmt::Debug for KeyTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyTable").finish_non_exhaustive()
+    }
+}
+
+impl Default for KeyTable {
+    fn default() -> Self {
+        let secret = keel_store::generate_secret();
+        KeyTable {
+            by_hash: Arc::default(),
+            changes: Arc::default(),
+            internal_hash: keel_store::hash_key(&secret).into(),
+            internal_secret: secret.into(),
+        }
+    }
 }
 
 impl KeyTable {
+    /// Headers that authenticate a request keel makes to itself on behalf
+    /// of `tenant` (workflow steps use the gateway path this way, so the
+    /// tenant's limits, budgets and cache apply to them).
+    pub fn internal_headers(&self, tenant: &TenantId) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let (Ok(secret), Ok(tenant)) = (
+            http::HeaderValue::from_str(&self.internal_secret),
+            http::HeaderValue::from_str(tenant.as_str()),
+        ) {
+            headers.insert(INTERNAL_HEADER, secret);
+            headers.insert(INTERNAL_TENANT_HEADER, tenant);
+        }
+        headers
+    }
+
+    /// The caller of an internal request, if `headers` carry the secret.
+    fn internal_caller(&self, headers: &HeaderMap) -> Option<Result<Caller, ApiError>> {
+        let presented = headers.get(INTERNAL_HEADER)?;
+        let valid = presented
+            .to_str()
+            .is_ok_and(|p| keel_store::hash_key(p).as_str() == &*self.internal_hash);
+        let tenant = headers
+            .get(INTERNAL_TENANT_HEADER)
+            .and_then(|t| t.to_str().ok())
+            .and_then(|t| TenantId::new(t).ok());
+        Some(match (valid, tenant, KeyId::new(INTERNAL_KEY)) {
+            (true, Some(tenant_id), Ok(key_id)) => Ok(Caller {
+                key_id,
+                tenant_id,
+                user_id: None,
+            }),
+            _ => Err(ApiError::new(
+                ErrorCode::InvalidApiKey,
+                "the API key is not valid or was revoked",
+            )),
+        })
+    }
+
     /// Replaces the table with the store's active keys.
     pub async fn reload(&self, store: &Store) -> Result<usize, StoreError> {
         loop {
@@ -82,6 +150,9 @@ impl KeyTable {
     /// Finds the caller for a request's `Authorization: Bearer` or
     /// `x-api-key` header.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        if let Some(internal) = self.internal_caller(headers) {
+            return internal;
+        }
         let secret = presented_key(headers).ok_or_else(|| {
             ApiError::new(
                 ErrorCode::InvalidApiKey,
@@ -197,6 +268,27 @@ mod tests {
             created_ms: 0,
             revoked_ms: None,
         }
+    }
+
+    #[test]
+    fn internal_requests_need_this_process_secret() {
+        let table = KeyTable::default();
+        let tenant = TenantId::new("acme").unwrap();
+        let caller = table
+            .authenticate(&table.internal_headers(&tenant))
+            .unwrap();
+        assert_eq!(
+            (caller.tenant_id, caller.key_id.as_str()),
+            (tenant.clone(), INTERNAL_KEY)
+        );
+
+        // Another process's secret (or a guess) is refused.
+        let other = KeyTable::default().internal_headers(&tenant);
+        assert!(table.authenticate(&other).is_err());
+        let mut empty = HeaderMap::new();
+        empty.insert(INTERNAL_HEADER, "".parse().unwrap());
+        empty.insert(INTERNAL_TENANT_HEADER, "acme".parse().unwrap());
+        assert!(table.authenticate(&empty).is_err());
     }
 
     #[test]

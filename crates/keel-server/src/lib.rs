@@ -12,6 +12,7 @@ pub mod auth;
 mod body;
 mod caching;
 pub mod error;
+pub mod flow;
 pub mod limiting;
 mod relay;
 pub mod retrieval;
@@ -30,6 +31,7 @@ pub use app::{App, AppConfig, StartError};
 pub use auth::{Caller, KeyTable};
 pub use caching::{CacheControl, CacheSetup, RequestCache};
 pub use error::ApiError;
+pub use flow::FlowSetup;
 pub use retrieval::{EmbedderKind, EmbedderSpec, RetrievalSetup};
 pub use state::{AppState, ServerSettings};
 
@@ -112,6 +114,23 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/collections/{name}/documents",
             post(routes::collections::documents),
+        )
+        .route(
+            "/v1/workflows",
+            get(routes::flow::list_workflows).post(routes::flow::register),
+        )
+        .route("/v1/workflows/{name}", get(routes::flow::workflow))
+        .route(
+            "/v1/runs",
+            get(routes::flow::list_runs).post(routes::flow::start),
+        )
+        .route("/v1/runs/{id}", get(routes::flow::run))
+        .route("/v1/runs/{id}/signal", post(routes::flow::signal))
+        .route("/v1/runs/{id}/cancel", post(routes::flow::cancel))
+        .route("/v1/tasks/claim", post(routes::tasks::claim))
+        .route(
+            "/v1/tasks/{run}/{step}/{action}",
+            post(routes::tasks::report),
         )
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))

@@ -61,6 +61,8 @@ pub struct AppState {
     pub retrieval: Retrieval,
     /// The response cache, when it is on.
     pub cache: Option<RequestCache>,
+    /// The workflow engine, when workflows are on.
+    pub flow: Option<Arc<keel_flow::Engine>>,
     /// Server settings.
     pub settings: Arc<ServerSettings>,
 }

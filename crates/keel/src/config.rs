@@ -10,6 +10,7 @@
 //! keys, which may be written inline for local use.
 
 mod cache;
+mod flow;
 mod gateway;
 mod limits;
 mod retrieval;
@@ -25,6 +26,7 @@ use keel_core::{TenantId, UserId};
 use keel_server::{AppConfig, ServerSettings};
 
 use self::cache::{RawCache, check_cache};
+use self::flow::{RawFlow, check_flow};
 use self::gateway::{RawModel, RawProvider, check_gateway};
 use self::limits::{RawLimits, check_limits};
 use self::retrieval::{RawEmbedder, RawVectors, check_retrieval};
@@ -57,6 +59,8 @@ pub struct RawConfig {
     embedders: Vec<RawEmbedder>,
     #[serde(default)]
     cache: RawCache,
+    #[serde(default)]
+    flow: RawFlow,
 }
 
 #[derive(Debug, Deserialize)]
@@ -220,6 +224,7 @@ pub fn check(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Re
     let limits = check_limits(&raw.store, &raw.limits, &raw.models)?;
     let retrieval = check_retrieval(&data_dir, &raw.vectors, &raw.embedders, &raw.models)?;
     let cache = check_cache(&raw.cache, &retrieval, &raw.models)?;
+    let flow = check_flow(&raw.flow)?;
     let (tenants, keys) = check_tenants_and_keys(&raw.tenants, &raw.keys, env)?;
     let server = ServerSettings {
         max_body_bytes: usize::try_from(raw.server.max_body_bytes).unwrap_or(usize::MAX),
@@ -239,6 +244,7 @@ pub fn check(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Re
             limits,
             retrieval,
             cache,
+            flow,
         },
     })
 }
@@ -362,9 +368,13 @@ pub fn summary(config: &Config) -> String {
             (None, false) => "off".to_owned(),
         },
     };
+    let flow = match &config.app.flow {
+        None => "off".to_owned(),
+        Some(f) => format!("on(workflows={})", f.workflows.len()),
+    };
     format!(
         "listen={} store={} admin_api={} providers=[{}] models=[{}] tenants={} keys={} \
-         limits=[{}] redis={redis} embedders=[{}] vectors={} cache={cache}",
+         limits=[{}] redis={redis} embedders=[{}] vectors={} cache={cache} flow={flow}",
         config.listen,
         redact_url(&config.app.store_url),
         if config.app.server.admin_token.is_some() {

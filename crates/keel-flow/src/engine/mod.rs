@@ -91,6 +91,14 @@ pub struct Engine {
     wake: Notify,
 }
 
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Engine {
     /// An engine over `store`, calling out through `services`.
     pub fn new(store: Store, services: Arc<dyn Services>, config: EngineConfig) -> Engine {

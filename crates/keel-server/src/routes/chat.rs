@@ -15,6 +15,10 @@ use crate::relay;
 use crate::routes::{admit, gateway_headers, refuse};
 use crate::state::AppState;
 
+/// What a plain completion cost, in micro-dollars (absent on cache hits,
+/// which cost nothing).
+pub const COST_HEADER: &str = "x-keel-cost-micros";
+
 /// Serves one chat completion, plain or streamed.
 pub async fn chat_completions(
     State(state): State<AppState>,
@@ -70,6 +74,9 @@ pub async fn chat_completions(
             );
             let mut response = Json(completion).into_response();
             gateway_headers(response.headers_mut(), &ctx, Some(&served), Some(overhead));
+            if let Ok(value) = http::HeaderValue::from_str(&cost.micros().to_string()) {
+                response.headers_mut().insert(COST_HEADER, value);
+            }
             if cached {
                 caching::miss_header(response.headers_mut());
             }

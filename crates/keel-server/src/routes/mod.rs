@@ -6,9 +6,11 @@ pub mod cache;
 pub mod chat;
 pub mod collections;
 pub mod embeddings;
+pub mod flow;
 pub mod health;
 pub mod limits;
 pub mod models;
+pub mod tasks;
 pub mod usage;
 
 use std::time::Duration;

@@ -9,6 +9,7 @@
 
 mod cache;
 mod collections;
+mod flow;
 mod limits;
 mod requests;
 mod support;

@@ -77,6 +77,7 @@ pub fn config(sim: &SpawnedSim, store_url: String, vectors_dir: std::path::PathB
         limits: Default::default(),
         retrieval: RetrievalSetup::new(vectors_dir),
         cache: None,
+        flow: Some(Default::default()),
     }
 }
 

@@ -128,8 +128,10 @@ async fn start(
     }
     let client = reqwest::Client::new();
     for server in &servers {
+        // Generous: on a loaded two-core machine, loading the model and
+        // migrating can take a while; this bounds a hang, it times nothing.
         let mut ready = false;
-        for _ in 0..200 {
+        for _ in 0..1200 {
             if let Ok(r) = client.get(format!("{}/readyz", server.base)).send().await
                 && r.status() == 200
             {
