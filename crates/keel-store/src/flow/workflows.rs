@@ -21,9 +21,10 @@ pub struct StoredWorkflow {
     pub created_ms: i64,
 }
 
-const NEXT_VERSION: &str = "SELECT COALESCE(MAX(version), 0) + 1 AS v FROM flow_workflows WHERE tenant_id = $1 AND name = $2";
+const LATEST: &str = "SELECT tenant_id, name, version, definition, created_ms FROM flow_workflows \
+     WHERE tenant_id = $1 AND name = $2 ORDER BY version DESC LIMIT 1";
 const INSERT: &str = "INSERT INTO flow_workflows (tenant_id, name, version, definition, created_ms) \
-     VALUES ($1, $2, $3, $4, $5)";
+     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, name, version) DO NOTHING";
 const COLUMNS: &str = "tenant_id, name, version, definition, created_ms";
 
 impl Store {
@@ -36,22 +37,46 @@ impl Store {
         name: &str,
         definition: &str,
     ) -> Result<StoredWorkflow, StoreError> {
-        if let Some(latest) = self.workflow(tenant_id, name, None).await?
-            && latest.definition == definition
-        {
-            return Ok(latest);
+        // Several processes may register the same file at once. The check
+        // and the insert share a transaction (SQLite serialises them); on
+        // PostgreSQL two may still pick the same version, and the loser,
+        // inserting nothing, looks again and finds the winner's row.
+        loop {
+            if let Some(stored) = self.save_once(tenant_id, name, definition).await? {
+                return Ok(stored);
+            }
         }
+    }
+
+    /// The latest version if it holds `definition`, else `definition`
+    /// inserted as the next version; `None` if another writer took that
+    /// version first.
+    async fn save_once(
+        &self,
+        tenant_id: &str,
+        name: &str,
+        definition: &str,
+    ) -> Result<Option<StoredWorkflow>, StoreError> {
         let created_ms = now_ms();
-        let version = on_pool!(self, |pool| {
+        on_pool!(self, |pool| {
             async {
                 let mut tx = pool.begin_write().await?;
-                let version = sqlx::query(NEXT_VERSION)
+                let latest = sqlx::query(LATEST)
                     .bind(tenant_id)
                     .bind(name)
-                    .fetch_one(&mut *tx)
+                    .fetch_optional(&mut *tx)
                     .await?
-                    .int("v")?;
-                sqlx::query(INSERT)
+                    .as_ref()
+                    .map(workflow_from_row)
+                    .transpose()?;
+                let version = match latest {
+                    Some(latest) if latest.definition == definition => {
+                        return Ok(Some(latest));
+                    }
+                    Some(latest) => latest.version + 1,
+                    None => 1,
+                };
+                let done = sqlx::query(INSERT)
                     .bind(tenant_id)
                     .bind(name)
                     .bind(version)
@@ -59,18 +84,18 @@ impl Store {
                     .bind(created_ms)
                     .execute(&mut *tx)
                     .await?;
-                tx.commit().await.map(|()| version)
+                tx.commit().await?;
+                Ok((done.rows_affected() == 1).then(|| StoredWorkflow {
+                    tenant_id: tenant_id.to_owned(),
+                    name: name.to_owned(),
+                    version,
+                    definition: definition.to_owned(),
+                    created_ms,
+                }))
             }
             .await
         })
-        .map_err(StoreError::db("save a workflow"))?;
-        Ok(StoredWorkflow {
-            tenant_id: tenant_id.to_owned(),
-            name: name.to_owned(),
-            version,
-            definition: definition.to_owned(),
-            created_ms,
-        })
+        .map_err(StoreError::db("save a workflow"))
     }
 
     /// A version of a workflow, or its latest when `version` is `None`.

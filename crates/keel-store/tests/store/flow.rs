@@ -511,6 +511,19 @@ async fn concurrent_claimers_never_share_a_step(db: TestDb) -> Result<()> {
     Ok(())
 }
 
+/// Processes registering the same file at start race for its version:
+/// all of them end up with the one version.
+async fn concurrent_registrations_share_one_version(db: TestDb) -> Result<()> {
+    let other = db.reopen().await?;
+    let (a, b) = tokio::join!(
+        db.store.save_workflow("t1", "w", "name: w"),
+        other.save_workflow("t1", "w", "name: w")
+    );
+    assert_eq!((a?.version, b?.version), (1, 1));
+    assert_eq!(db.store.workflows("t1").await?.len(), 1);
+    Ok(())
+}
+
 every_backend!(
     starts_idempotently_with_roots_ready,
     a_finished_step_releases_what_waits_only_on_it,
@@ -527,4 +540,7 @@ every_backend!(
     workflows_are_versioned,
 );
 
-durable_backends!(concurrent_claimers_never_share_a_step);
+durable_backends!(
+    concurrent_claimers_never_share_a_step,
+    concurrent_registrations_share_one_version,
+);

@@ -7,43 +7,22 @@
 
 #![expect(
     clippy::unwrap_used,
-    clippy::expect_used,
     reason = "test helpers fail the test on a broken fixture"
 )]
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use keel_sim::{SimConfig, SpawnedSim};
 use serde_json::{Value, json};
+
+use crate::process::Server;
 
 const KEY: &str = "sk-keel-distributed-test";
 const ADMIN: &str = "distributed-admin";
 
 fn redis_url() -> String {
     std::env::var("KEEL_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-/// A `keel serve` process, killed when dropped.
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The config every process shares: one model on the simulator at $20 per
@@ -109,38 +88,11 @@ async fn start(
     for _ in 0..n {
         let dir = tempfile::tempdir().unwrap();
         let config = write_config(dir.path(), sim, &prefix, rules);
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_keel"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env("KEEL_ADMIN_TOKEN", ADMIN)
-            .env("KEEL_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("keel serve starts");
-        servers.push(Server {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        });
+        servers.push(Server::spawn(&config, &[("KEEL_ADMIN_TOKEN", ADMIN)]));
         dirs.push(dir);
     }
-    let client = reqwest::Client::new();
     for server in &servers {
-        // Generous: on a loaded two-core machine, loading the model and
-        // migrating can take a while; this bounds a hang, it times nothing.
-        let mut ready = false;
-        for _ in 0..1200 {
-            if let Ok(r) = client.get(format!("{}/readyz", server.base)).send().await
-                && r.status() == 200
-            {
-                ready = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(ready, "keel at {} never became ready", server.base);
+        server.ready().await;
     }
     (servers, dirs)
 }

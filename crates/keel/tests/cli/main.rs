@@ -3,5 +3,7 @@
 //! area.
 
 mod commands;
+mod crash;
 mod distributed;
+mod process;
 mod vectors;

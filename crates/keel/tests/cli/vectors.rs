@@ -5,32 +5,19 @@
 
 #![expect(
     clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
     reason = "test helpers fail the test on a broken fixture"
 )]
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::process::Server;
+
 const KEY: &str = "sk-keel-vector-crash";
 const DIM: usize = 32;
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn serve(dir: &Path) -> Server {
     let config = format!(
@@ -52,37 +39,9 @@ secret = "{KEY}"
     );
     let path = dir.join("keel.toml");
     std::fs::write(&path, config).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env("KEEL_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("keel serve starts");
-    let server = Server {
-        child,
-        base: format!("http://127.0.0.1:{port}/v1"),
-    };
-    let client = reqwest::Client::new();
-    for _ in 0..400 {
-        if let Ok(r) = client
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-            && r.status() == 200
-        {
-            return server;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("keel never became ready");
+    let server = Server::spawn(&path, &[]);
+    server.ready().await;
+    server
 }
 
 fn vector(i: usize) -> Vec<f32> {
@@ -98,7 +57,7 @@ async fn acknowledged_vector_writes_survive_kill_9() {
     let server = serve(dir.path()).await;
     let spec = json!({"name": "crash", "dimension": DIM, "fields": {"batch": "integer"}});
     let r = client
-        .post(format!("{}/collections", server.base))
+        .post(format!("{}/v1/collections", server.base))
         .bearer_auth(KEY)
         .json(&spec)
         .send()
@@ -113,7 +72,7 @@ async fn acknowledged_vector_writes_survive_kill_9() {
     for w in 0..4 {
         let (client, base, acked) = (
             client.clone(),
-            server.base.clone(),
+            format!("{}/v1", server.base),
             Arc::clone(&acknowledged),
         );
         writers.push(tokio::spawn(async move {
@@ -154,7 +113,7 @@ async fn acknowledged_vector_writes_survive_kill_9() {
     for batch in &acked {
         let ids: Vec<String> = (0..50).map(|i| format!("{batch}-{i}")).collect();
         let r: Value = client
-            .post(format!("{}/collections/crash/points/get", server.base))
+            .post(format!("{}/v1/collections/crash/points/get", server.base))
             .bearer_auth(KEY)
             .json(&json!({"ids": ids}))
             .send()
@@ -173,7 +132,7 @@ async fn acknowledged_vector_writes_survive_kill_9() {
     let batch = acked[0];
     let query = json!({"vector": vector(batch * 50 + 3), "k": 5, "filter": {"must": [{"key": "batch", "match": {"value": batch}}]}});
     let r: Value = client
-        .post(format!("{}/collections/crash/query", server.base))
+        .post(format!("{}/v1/collections/crash/query", server.base))
         .bearer_auth(KEY)
         .json(&query)
         .send()
