@@ -7,6 +7,7 @@
 mod admin_cli;
 mod config;
 mod demo;
+mod run_cli;
 mod usage_cli;
 
 use std::path::PathBuf;
@@ -63,6 +64,8 @@ enum Command {
     /// Show tokens and cost per hour, day or week and group, with
     /// week-over-week changes.
     Usage(usage_cli::UsageArgs),
+    /// Register workflows, start and follow runs, answer waiting steps.
+    Run(run_cli::RunArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -111,6 +114,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Tenants { config, action } => admin_cli::tenants(config.as_deref(), action).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Usage(args) => usage_cli::run(args).await,
+        Command::Run(args) => run_cli::run(args).await,
     }
 }
 

@@ -315,3 +315,32 @@ fn usage_refuses_an_unknown_bucket_naming_the_choices() {
     let (_, err) = text(&output);
     assert!(err.contains("hour, day, week"), "{err}");
 }
+
+#[test]
+fn serve_refuses_a_bad_workflow_file_naming_the_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let workflow = dir.path().join("w.yaml");
+    std::fs::write(&workflow, "name: w\nsteps:\n  - id: a\n    kind: lmm\n").unwrap();
+    let flow = format!(
+        "[[flow.workflows]]\ntenant = \"t1\"\nfile = \"{}\"",
+        workflow.display()
+    );
+    for (extra, expected) in [
+        (flow.as_str(), "key `flow.workflows[0].file`"),
+        ("[flow]\nlease_ms = 10", "key `flow.lease_ms`"),
+        (
+            "[flow]\ntenant_concurrency = 0",
+            "key `flow.tenant_concurrency`",
+        ),
+    ] {
+        write_config(dir.path(), extra);
+        let output = keel(dir.path(), &["serve", "--config", "keel.toml"], &[]);
+        let (_, err) = text(&output);
+        assert!(!output.status.success());
+        assert!(err.contains(expected), "{extra}: {err}");
+    }
+    write_config(dir.path(), &flow);
+    let output = keel(dir.path(), &["serve", "--config", "keel.toml"], &[]);
+    let (_, err) = text(&output);
+    assert!(err.contains("line 4 column 5: steps[0].kind"), "{err}");
+}

@@ -2,6 +2,7 @@
 //! running them is killed mid-way, and after a restart (SQLite) or on the
 //! processes left (PostgreSQL, three sharing one database) every run
 //! finishes, no step that had finished ran again, and nothing is lost.
+//! Also `keel run` driving a server as a user would.
 
 #![expect(
     clippy::unwrap_used,
@@ -257,4 +258,70 @@ async fn runs_survive_kill_9_of_one_of_three_processes_on_postgres() {
     assert_eq!(count(&client, &servers[2], "running").await, 0);
     let lost = check_runs(&client, &servers[2], &ids).await;
     assert!(lost > 0, "some steps were mid-way when the process died");
+}
+
+// Multi-threaded: the CLI runs as a blocking child process while the
+// simulator answers on this runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keel_run_registers_starts_follows_and_answers() {
+    let sim = keel_sim::spawn(SimConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &sim, None);
+    let server = Server::spawn(&config, &[]);
+    server.ready().await;
+    let approval = dir.path().join("approval.yaml");
+    std::fs::write(
+        &approval,
+        "name: approval\nsteps:\n  - {id: ok, kind: human, prompt: 'Ship {{ input.what }}?'}\n",
+    )
+    .unwrap();
+    let keel = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+            .arg("run")
+            .args(args)
+            .env("KEEL_URL", &server.base)
+            .env("KEEL_API_KEY", KEY)
+            .env_remove("KEEL_LOG")
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&output.stdout).into_owned();
+        let err = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.success(), out, err)
+    };
+
+    let (ok, out, err) = keel(&["register", approval.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "registered approval version 1\n");
+    let (ok, out, err) = keel(&["start", "approval", "--input", r#"{"what": "v2"}"#]);
+    assert!(ok, "{err}");
+    let id = out.trim().to_owned();
+
+    // The person is asked; `status` shows the question.
+    let mut status = String::new();
+    for _ in 0..500 {
+        status = keel(&["status", &id]).1;
+        if status.contains("asks: Ship v2?") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(status.contains("ok                   waiting"), "{status}");
+    let (ok, _, err) = keel(&["signal", &id, "ok", "--output", r#"{"approved": true}"#]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = keel(&["start", "crash", "--input", r#"{"n": 1}"#, "--wait"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains(": succeeded"), "{out}");
+    let (_, list, _) = keel(&["list", "--status", "succeeded"]);
+    assert!(list.contains(&id), "{list}");
+
+    let (ok, _, err) = keel(&["start", "nothing"]);
+    assert!(
+        !ok && err.contains("workflow \"nothing\" is not registered"),
+        "{err}"
+    );
+    let (ok, _, err) = keel(&["start", "crash", "--input", "[1]"]);
+    assert!(
+        !ok && err.contains("--input must be a JSON object"),
+        "{err}"
+    );
 }
