@@ -36,6 +36,10 @@ pub struct PgVectorStore {
     pool: PgPool,
 }
 
+/// Advisory lock key serialising setup across processes (the bytes of
+/// "keelvect").
+const SETUP_LOCK: i64 = 0x6b65_656c_7665_6374;
+
 fn db(e: sqlx::Error) -> VectorError {
     VectorError::Database(e.to_string())
 }
@@ -48,8 +52,17 @@ impl PgVectorStore {
             .connect(url)
             .await
             .map_err(|e| VectorError::Database(format!("connecting to {}: {e}", redact(url))))?;
+        // Processes starting together race to create the extension and the
+        // catalog, and `IF NOT EXISTS` does not stop the loser from failing
+        // on a unique index: one setup at a time, under an advisory lock.
+        let mut tx = pool.begin().await.map_err(db)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(SETUP_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
         sqlx::query("CREATE EXTENSION IF NOT EXISTS vector")
-            .execute(&pool)
+            .execute(&mut *tx)
             .await
             .map_err(|e| {
                 VectorError::Database(format!(
@@ -65,9 +78,10 @@ impl PgVectorStore {
                  created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
                  PRIMARY KEY (tenant, name))",
         )
-        .execute(&pool)
+        .execute(&mut *tx)
         .await
         .map_err(db)?;
+        tx.commit().await.map_err(db)?;
         tracing::info!(url = %redact(url), "Vector store on PostgreSQL");
         Ok(PgVectorStore { pool })
     }

@@ -684,3 +684,21 @@ async fn racing_creates_of_one_name_make_exactly_one_collection(backend: Backend
         winners[0]
     );
 }
+
+/// Processes starting together on a fresh database all set it up (the
+/// extension, the catalog) without tripping over each other.
+#[tokio::test]
+async fn processes_starting_together_all_connect() {
+    let Backend::Postgres(url) = Backend::postgres().await else {
+        unreachable!("postgres() makes a PostgreSQL backend");
+    };
+    let mut connects = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let url = url.clone();
+        connects.spawn(async move { PgVectorStore::connect(&url).await.map(drop) });
+    }
+    while let Some(connected) = connects.join_next().await {
+        let connected = connected.unwrap();
+        assert!(connected.is_ok(), "{:?}", connected.err());
+    }
+}
