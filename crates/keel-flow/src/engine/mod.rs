@@ -235,9 +235,17 @@ impl Engine {
     }
 
     /// Runs steps until `shutdown` resolves: claims whenever this engine
-    /// made work ready, and polls for work other engines made.
+    /// made work ready, when another process says it did (PostgreSQL's
+    /// LISTEN/NOTIFY), and every poll interval in any case.
     pub async fn serve(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let mut listener = match self.store.listen_flow().await {
+            Ok(listener) => listener,
+            Err(e) => {
+                warn!(error = %e, "Cannot listen for other processes' work; polling only");
+                None
+            }
+        };
         loop {
             let ran = match self.tick().await {
                 Ok(ran) => ran,
@@ -249,9 +257,21 @@ impl Engine {
             if ran > 0 {
                 continue;
             }
+            let notice = async {
+                match listener.as_mut() {
+                    Some(listener) => listener.recv().await.map(drop),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = &mut shutdown => return,
                 () = self.wake.notified() => {}
+                heard = notice => {
+                    if let Err(e) = heard {
+                        warn!(error = %e, "Listening for other processes' work failed; polling only");
+                        listener = None;
+                    }
+                }
                 () = tokio::time::sleep(self.config.poll_interval) => {}
             }
         }

@@ -20,6 +20,16 @@ fn lock_run_sql(backend: Backend) -> &'static str {
     }
 }
 
+/// Tells listening processes that work is ready on the queue `$1`
+/// (PostgreSQL delivers it when the transaction commits); SQLite has one
+/// process, which wakes itself.
+pub(crate) fn notify_sql(backend: Backend) -> Option<&'static str> {
+    match backend {
+        Backend::Postgres => Some("SELECT pg_notify('keel_flow', $1)"),
+        Backend::Sqlite => None,
+    }
+}
+
 /// A pending dependent of `$2` becomes ready once every step it waits for
 /// has ended, or, for a `wait: any` join, once one of them succeeded.
 const RELEASE_DEPENDENTS: &str = "UPDATE flow_steps SET status = 'ready', due_ms = $3, \
@@ -152,6 +162,14 @@ impl Store {
         let now = self.clock_ms();
         let change = change(update, now);
         let lock = lock_run_sql(self.backend());
+        let notify = notify_sql(self.backend());
+        // The queue whose work this update may make ready, if any.
+        let wakes: Option<&str> = match update {
+            StepUpdate::HandOver { queue, .. } => Some(queue),
+            StepUpdate::Retry { due_ms, .. } if *due_ms <= now => Some(""),
+            StepUpdate::Expand(_) => Some(""),
+            _ => None,
+        };
         on_pool!(self, |pool| {
             async {
                 let mut tx = pool.begin_write().await?;
@@ -248,13 +266,21 @@ impl Store {
                             .await?;
                     }
                 }
+                let mut wakes = wakes;
                 if change.ends {
-                    sqlx::query(RELEASE_DEPENDENTS)
+                    let released = sqlx::query(RELEASE_DEPENDENTS)
                         .bind(run_id)
                         .bind(key)
                         .bind(now)
                         .execute(&mut *tx)
-                        .await?;
+                        .await?
+                        .rows_affected();
+                    if released > 0 {
+                        wakes = Some("");
+                    }
+                }
+                if let (Some(sql), Some(queue)) = (notify, wakes) {
+                    sqlx::query(sql).bind(queue).execute(&mut *tx).await?;
                 }
                 if let Some(end) = run_end {
                     sqlx::query(END_RUN)
@@ -292,6 +318,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let now = self.clock_ms();
         let lock = lock_run_sql(self.backend());
+        let notify = notify_sql(self.backend());
         let output_text = output.to_string();
         let outcome: Result<(), &'static str> = on_pool!(self, |pool| {
             async {
@@ -338,6 +365,9 @@ impl Store {
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
+                if let Some(sql) = notify {
+                    sqlx::query(sql).bind("").execute(&mut *tx).await?;
+                }
                 tx.commit().await.map(|()| Ok(()))
             }
             .await

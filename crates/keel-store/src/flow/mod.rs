@@ -11,10 +11,12 @@
 
 mod claim;
 mod finish;
+mod listen;
 mod runs;
 mod types;
 mod workflows;
 
 pub use claim::ClaimRequest;
+pub use listen::FlowListener;
 pub use types::*;
 pub use workflows::StoredWorkflow;

@@ -57,6 +57,7 @@ impl Store {
         let id = format!("run_{}", uuid::Uuid::now_v7().simple());
         let now = self.clock_ms();
         let input = run.input.to_string();
+        let notify = super::finish::notify_sql(self.backend());
         let started: Option<String> = on_pool!(self, |pool| {
             async {
                 let mut tx = pool.begin_write().await?;
@@ -108,6 +109,9 @@ impl Store {
                             .execute(&mut *tx)
                             .await?;
                     }
+                }
+                if let Some(sql) = notify {
+                    sqlx::query(sql).bind("").execute(&mut *tx).await?;
                 }
                 tx.commit().await.map(|()| None)
             }

@@ -524,6 +524,20 @@ async fn concurrent_registrations_share_one_version(db: TestDb) -> Result<()> {
     Ok(())
 }
 
+/// On PostgreSQL a run's start wakes listeners on other connections; on
+/// SQLite there is nothing to listen to.
+async fn starting_a_run_notifies_listeners(db: TestDb) -> Result<()> {
+    let Some(mut listener) = db.store.listen_flow().await? else {
+        ensure!(db.store.backend() == keel_store::Backend::Sqlite);
+        return Ok(());
+    };
+    let other = db.reopen().await?;
+    other.start_run(&run("t1", vec![step("a", &[])])).await?;
+    let queue = tokio::time::timeout(std::time::Duration::from_secs(30), listener.recv()).await??;
+    assert_eq!(queue, "");
+    Ok(())
+}
+
 every_backend!(
     starts_idempotently_with_roots_ready,
     a_finished_step_releases_what_waits_only_on_it,
@@ -543,4 +557,5 @@ every_backend!(
 durable_backends!(
     concurrent_claimers_never_share_a_step,
     concurrent_registrations_share_one_version,
+    starting_a_run_notifies_listeners,
 );
