@@ -15,5 +15,7 @@ pub mod template;
 pub use definition::{DefinitionError, Problem, Workflow, parse};
 pub use engine::{Clock, Engine, EngineConfig, RunView, Task, TaskReport};
 pub use error::FlowError;
-pub use services::{CallError, ChatCall, ChatReply, HttpCall, Message, RetrieveCall, Services};
+pub use services::{
+    CallError, ChatCall, ChatReply, Estimate, HttpCall, Message, RetrieveCall, Services,
+};
 pub use template::{Template, TemplateError, ValueTemplate};

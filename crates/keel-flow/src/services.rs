@@ -129,8 +129,25 @@ impl CallError {
     }
 }
 
+/// The most a model call may use, held against a run's caps before it
+/// goes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Estimate {
+    /// Prompt tokens plus the completion allowance.
+    pub tokens: u64,
+    /// The cost of that many tokens at the dearest deployment that may
+    /// serve the call.
+    pub cost: Cost,
+    /// The completion allowance (the call's `max_tokens`, or a default
+    /// that is then sent as its `max_tokens`).
+    pub max_tokens: u32,
+}
+
 /// Everything steps call out to.
 pub trait Services: Send + Sync + 'static {
+    /// The worst case of a model call, for a run's token and cost caps.
+    fn estimate(&self, call: &ChatCall) -> Estimate;
+
     /// Calls a model through the gateway path.
     fn chat(&self, call: ChatCall) -> BoxFuture<'_, Result<ChatReply, CallError>>;
 

@@ -176,6 +176,7 @@ impl App {
                 state.store.clone(),
                 services_router,
                 state.keys.clone(),
+                state.limits.clone(),
                 setup,
             );
             for (tenant, definition) in &setup.workflows {

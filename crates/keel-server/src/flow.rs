@@ -10,14 +10,17 @@ use axum::Router;
 use axum::body::Body;
 use futures::future::BoxFuture;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
+use keel_core::chat::ChatRequest;
 use keel_core::{Cost, TenantId};
 use keel_flow::{
-    CallError, ChatCall, ChatReply, Engine, EngineConfig, HttpCall, RetrieveCall, Services,
+    CallError, ChatCall, ChatReply, Engine, EngineConfig, Estimate, HttpCall, RetrieveCall,
+    Services,
 };
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use crate::auth::KeyTable;
+use crate::limiting::RequestLimits;
 use crate::routes::chat::COST_HEADER;
 
 /// How the server runs workflows.
@@ -46,16 +49,19 @@ impl Default for FlowSetup {
 pub struct InProcess {
     router: Router,
     keys: KeyTable,
+    limits: RequestLimits,
     http: reqwest::Client,
 }
 
 impl InProcess {
     /// Services that call `router` (this server's routes, without the
-    /// orchestrator) as the run's tenant.
-    pub fn new(router: Router, keys: KeyTable) -> InProcess {
+    /// orchestrator) as the run's tenant, estimating calls as `limits`
+    /// does.
+    pub fn new(router: Router, keys: KeyTable, limits: RequestLimits) -> InProcess {
         InProcess {
             router,
             keys,
+            limits,
             http: reqwest::Client::new(),
         }
     }
@@ -127,6 +133,32 @@ fn api_failure(status: StatusCode, headers: &HeaderMap, body: &Value) -> CallErr
 }
 
 impl Services for InProcess {
+    /// Counted and priced as the gateway's budgets count and price it: the
+    /// model's tokenizer, and the dearest deployment that may serve it.
+    fn estimate(&self, call: &ChatCall) -> Estimate {
+        let max_tokens = call.max_tokens.unwrap_or(self.limits.default_max_tokens);
+        let body = json!({"model": call.model, "messages": call.messages});
+        let request = serde_json::from_value::<ChatRequest>(body).ok();
+        let model = self.limits.models.get(&call.model);
+        let prompt = match (model, &request) {
+            (Some(model), Some(request)) => model.tokenizer.count_chat(request),
+            // A model keel does not serve is refused by the gateway; hold
+            // a generous count anyway.
+            _ => call
+                .messages
+                .iter()
+                .map(|m| m.content.len() as u64 / 3 + 4)
+                .sum(),
+        };
+        Estimate {
+            tokens: prompt + u64::from(max_tokens),
+            cost: model.map_or(Cost::ZERO, |m| {
+                m.worst_pricing.cost(prompt, u64::from(max_tokens))
+            }),
+            max_tokens,
+        }
+    }
+
     fn chat(&self, call: ChatCall) -> BoxFuture<'_, Result<ChatReply, CallError>> {
         Box::pin(async move {
             let mut body = json!({"model": call.model, "messages": call.messages});
@@ -227,9 +259,10 @@ pub fn engine(
     store: keel_store::Store,
     router: Router,
     keys: KeyTable,
+    limits: RequestLimits,
     setup: &FlowSetup,
 ) -> Arc<Engine> {
-    let services: Arc<dyn Services> = Arc::new(InProcess::new(router, keys));
+    let services: Arc<dyn Services> = Arc::new(InProcess::new(router, keys, limits));
     Arc::new(Engine::new(store, services, setup.engine.clone()))
 }
 

@@ -86,7 +86,7 @@ impl Engine {
         let own = ask.model.unwrap_or(&agent.model);
         let model = model_for(run.step, run.claimed.attempt, own);
         trace.input = Some(json!({"model": model, "messages": messages}));
-        let call = ChatCall {
+        let mut call = ChatCall {
             tenant_id: run.claimed.tenant_id.clone(),
             run_id: run.claimed.run_id.clone(),
             workflow: run.workflow.name.clone(),
@@ -97,12 +97,52 @@ impl Engine {
             temperature: agent.temperature,
             json: ask.json,
         };
+        self.hold_budget(run, &mut call).await?;
         let reply = timed(run.step, self.services.chat(call)).await?;
         trace.model = Some(reply.model.clone());
         trace.prompt_tokens = reply.prompt_tokens;
         trace.completion_tokens = reply.completion_tokens;
         trace.cost = reply.cost;
         Ok(reply)
+    }
+
+    /// Holds the call's worst case against the run's token and cost caps,
+    /// if it has any; the call's completion is then capped to what was
+    /// held. Settled when the attempt finishes.
+    async fn hold_budget(&self, run: &StepRun<'_>, call: &mut ChatCall) -> Result<(), CallError> {
+        let record = &run.state.run;
+        if record.max_tokens.is_none() && record.max_cost.is_none() {
+            return Ok(());
+        }
+        let estimate = self.services.estimate(call);
+        call.max_tokens = Some(estimate.max_tokens);
+        let claimed = run.claimed;
+        let held = self
+            .store
+            .hold_run_budget(
+                &claimed.run_id,
+                &claimed.key,
+                &claimed.token,
+                estimate.tokens,
+                estimate.cost,
+            )
+            .await
+            .map_err(|e| CallError::retryable(format!("holding the run's budget: {e}")))?;
+        if held {
+            return Ok(());
+        }
+        Err(CallError::permanent(format!(
+            "the run's budget cannot cover this call (up to {} tokens, {}): it has used {} \
+             tokens and {} of limits.max_tokens = {} and limits.max_cost_usd = {}",
+            estimate.tokens,
+            estimate.cost,
+            record.tokens_used,
+            record.cost,
+            record
+                .max_tokens
+                .map_or("none".to_owned(), |t| t.to_string()),
+            record.max_cost.map_or("none".to_owned(), |c| c.to_string()),
+        )))
     }
 
     async fn llm(

@@ -159,6 +159,8 @@ impl Engine {
             input,
             idempotency_key,
             max_steps: u64::from(definition.limits.max_steps),
+            max_tokens: definition.limits.max_tokens,
+            max_cost: definition.limits.max_cost,
             steps: plan::steps(&definition),
         };
         let (record, created) = self.store.start_run(&run).await?;

@@ -57,6 +57,42 @@ async fn a_run_stops_at_its_step_limit() -> Result<()> {
 }
 
 #[tokio::test]
+async fn a_run_stops_before_a_call_its_budget_cannot_cover() {
+    let h = Harness::new().await.unwrap();
+    // Each call costs $0.0001; the third would pass $0.00025.
+    let definition = CHAIN.replace("max_steps: 2", "max_steps: 10, max_cost_usd: 0.00025");
+    let run = h.start(&definition, json!({})).await.unwrap();
+    h.settle().await.unwrap();
+    let view = h.view(&run).await.unwrap();
+    assert_eq!(view.run.status, RunStatus::Failed);
+    let error = view.run.error.unwrap();
+    assert!(
+        error.contains("step 'three'") && error.contains("budget cannot cover"),
+        "{error}"
+    );
+    assert_eq!(h.script.models("three").len(), 0, "the call never went out");
+    assert_eq!(
+        (view.run.cost.micros(), view.run.reserved_cost.micros()),
+        (200, 0)
+    );
+
+    // Tokens: 15 a call (completion capped to what was held), cap 40.
+    let definition = CHAIN.replace("max_steps: 2", "max_steps: 10, max_tokens: 40");
+    let run = h.start(&definition, json!({})).await.unwrap();
+    h.settle().await.unwrap();
+    let view = h.view(&run).await.unwrap();
+    assert_eq!(
+        (view.run.status, view.run.tokens_used),
+        (RunStatus::Failed, 30)
+    );
+    let calls = h.script.calls.lock().unwrap();
+    assert!(
+        calls.iter().all(|c| c.max_tokens == Some(5)),
+        "the completion is capped"
+    );
+}
+
+#[tokio::test]
 async fn a_cancelled_run_runs_nothing_more() -> Result<()> {
     let h = Harness::new().await?;
     let definition = CHAIN.replace("max_steps: 2", "max_steps: 10");

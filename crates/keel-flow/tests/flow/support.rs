@@ -8,7 +8,8 @@ use anyhow::{Context, Result};
 use futures::future::BoxFuture;
 use keel_core::Cost;
 use keel_flow::{
-    CallError, ChatCall, ChatReply, Engine, EngineConfig, HttpCall, RetrieveCall, RunView, Services,
+    CallError, ChatCall, ChatReply, Engine, EngineConfig, Estimate, HttpCall, RetrieveCall,
+    RunView, Services,
 };
 use keel_store::Store;
 use keel_store::flow::{RunStatus, StepStatus};
@@ -45,6 +46,16 @@ impl Scripted {
 }
 
 impl Services for Scripted {
+    fn estimate(&self, call: &ChatCall) -> Estimate {
+        // Replies use 10 prompt and 5 completion tokens and cost 100.
+        let max_tokens = call.max_tokens.unwrap_or(5);
+        Estimate {
+            tokens: 10 + u64::from(max_tokens),
+            cost: Cost(100),
+            max_tokens,
+        }
+    }
+
     fn chat(&self, call: ChatCall) -> BoxFuture<'_, Result<ChatReply, CallError>> {
         let scripted = self
             .replies

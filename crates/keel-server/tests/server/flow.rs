@@ -253,3 +253,33 @@ async fn bad_requests_get_clear_errors() {
     let (status, list) = h.get("/runs?status=cancelled").await;
     assert_eq!((status, list["data"][0]["id"].as_str()), (200, Some(id)));
 }
+
+#[tokio::test]
+async fn a_runs_cost_cap_holds_each_calls_worst_case_at_the_gateways_prices() {
+    let h = support::start(SimConfig::default(), |_| {}).await;
+    // Model m costs $2 per million output tokens: a call allowed the
+    // default 4096 completion tokens may cost over $0.008; one capped at
+    // 100 tokens, about $0.0002.
+    let definition = "\
+name: capped
+limits: {max_cost_usd: 0.005}
+agents:
+  a: {model: m}
+steps:
+  - {id: short, kind: llm, agent: a, prompt: hi, max_tokens: 100}
+  - {id: long, kind: llm, agent: a, prompt: hi, depends_on: [short]}
+";
+    assert_eq!(h.register(definition).await.0, 201);
+    let (_, run) = h.post("/runs", json!({"workflow": "capped"})).await;
+    let id = run["id"].as_str().unwrap();
+    let view = h.run_until(id, |v| v["status"] != "running").await;
+    assert_eq!(view["status"], "failed", "{view}");
+    assert_eq!(step(&view, "short")["status"], "succeeded");
+    let error = view["error"].as_str().unwrap();
+    assert!(
+        error.contains("step 'long'") && error.contains("budget cannot cover"),
+        "{error}"
+    );
+    assert_eq!(view["reserved_cost"], 0);
+    assert!(view["cost"].as_u64().unwrap() > 0);
+}

@@ -21,9 +21,14 @@ CREATE TABLE flow_runs (
     error           TEXT,
     idempotency_key TEXT,
     max_steps       BIGINT NOT NULL,
+    max_tokens      BIGINT,
+    max_cost_micros BIGINT,
     steps_used      BIGINT NOT NULL DEFAULT 0,
     tokens_used     BIGINT NOT NULL DEFAULT 0,
     cost_micros     BIGINT NOT NULL DEFAULT 0,
+    -- Held by model calls in flight, like the gateway's budget holds.
+    reserved_tokens BIGINT NOT NULL DEFAULT 0,
+    reserved_micros BIGINT NOT NULL DEFAULT 0,
     created_ms      BIGINT NOT NULL,
     updated_ms      BIGINT NOT NULL,
     finished_ms     BIGINT,
@@ -84,5 +89,7 @@ CREATE TABLE flow_attempts (
     prompt_tokens     BIGINT NOT NULL DEFAULT 0,
     completion_tokens BIGINT NOT NULL DEFAULT 0,
     cost_micros       BIGINT NOT NULL DEFAULT 0,
+    reserved_tokens   BIGINT NOT NULL DEFAULT 0,
+    reserved_micros   BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (run_id, step_key, attempt)
 );

@@ -74,6 +74,14 @@ const LEASE: &str = "UPDATE flow_steps SET status = 'leased', lease_token = $3, 
      lease_owner = $4, attempts = attempts + 1, due_ms = $5, updated_ms = $6 \
      WHERE run_id = $1 AND step_key = $2 RETURNING tenant_id, attempts, input, detail";
 
+/// What a lost attempt held goes back to its run.
+const RELEASE_LOST: &str = "UPDATE flow_runs SET \
+     reserved_tokens = reserved_tokens - COALESCE((SELECT SUM(reserved_tokens) FROM flow_attempts \
+       WHERE run_id = $1 AND step_key = $2 AND status = 'running'), 0), \
+     reserved_micros = reserved_micros - COALESCE((SELECT SUM(reserved_micros) FROM flow_attempts \
+       WHERE run_id = $1 AND step_key = $2 AND status = 'running'), 0) \
+     WHERE id = $1";
+
 const LOSE_ATTEMPTS: &str = "UPDATE flow_attempts SET status = 'lost', finished_ms = $3 \
      WHERE run_id = $1 AND step_key = $2 AND status = 'running'";
 
@@ -128,6 +136,13 @@ impl Store {
                     let tenant_id = row.text("tenant_id")?;
                     let input = json(&row, "input")?;
                     let detail = json(&row, "detail")?;
+                    if was == "leased" {
+                        sqlx::query(RELEASE_LOST)
+                            .bind(&run_id)
+                            .bind(&key)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
                     sqlx::query(LOSE_ATTEMPTS)
                         .bind(&run_id)
                         .bind(&key)

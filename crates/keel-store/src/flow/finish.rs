@@ -49,8 +49,14 @@ const UPDATE_ATTEMPT: &str = "UPDATE flow_attempts SET status = $4, finished_ms 
      completion_tokens = $11, cost_micros = $12 \
      WHERE run_id = $1 AND step_key = $2 AND token = $3";
 
-const ADD_USAGE: &str = "UPDATE flow_runs SET tokens_used = tokens_used + $2, \
-     cost_micros = cost_micros + $3, updated_ms = $4 WHERE id = $1";
+/// Adds an attempt's usage to its run and releases what the attempt held
+/// ($5, $6: read from the attempt in the same transaction).
+const SETTLE: &str = "UPDATE flow_runs SET tokens_used = tokens_used + $2, \
+     cost_micros = cost_micros + $3, updated_ms = $4, \
+     reserved_tokens = reserved_tokens - $5, reserved_micros = reserved_micros - $6 WHERE id = $1";
+
+const HELD: &str = "SELECT reserved_tokens, reserved_micros FROM flow_attempts \
+     WHERE run_id = $1 AND step_key = $2 AND token = $3";
 
 const END_RUN: &str = "UPDATE flow_runs SET status = $2, output = $3, error = $4, \
      updated_ms = $5, finished_ms = $5 WHERE id = $1 AND status = 'running'";
@@ -218,12 +224,24 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                 let tokens = trace.prompt_tokens.saturating_add(trace.completion_tokens);
-                if tokens > 0 || trace.cost.micros() > 0 {
-                    sqlx::query(ADD_USAGE)
+                let held = sqlx::query(HELD)
+                    .bind(run_id)
+                    .bind(key)
+                    .bind(token)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let (held_tokens, held_micros) = match &held {
+                    Some(row) => (row.int("reserved_tokens")?, row.int("reserved_micros")?),
+                    None => (0, 0),
+                };
+                if tokens > 0 || trace.cost.micros() > 0 || held_tokens > 0 || held_micros > 0 {
+                    sqlx::query(SETTLE)
                         .bind(run_id)
                         .bind(clamp(tokens))
                         .bind(clamp(trace.cost.micros()))
                         .bind(now)
+                        .bind(held_tokens)
+                        .bind(held_micros)
                         .execute(&mut *tx)
                         .await?;
                 }

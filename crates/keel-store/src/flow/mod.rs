@@ -9,6 +9,7 @@
 //! handed out again, and the steps waiting on it become ready in the same
 //! transaction that records its result.
 
+mod budget;
 mod claim;
 mod finish;
 mod listen;

@@ -9,12 +9,12 @@ use crate::backend::{BeginWrite, RowExt, Store, on_pool};
 use crate::error::StoreError;
 
 const RUN_COLUMNS: &str = "id, tenant_id, workflow, version, status, input, output, error, \
-     idempotency_key, max_steps, steps_used, tokens_used, cost_micros, created_ms, updated_ms, \
-     finished_ms";
+     idempotency_key, max_steps, max_tokens, max_cost_micros, steps_used, tokens_used, \
+     cost_micros, reserved_tokens, reserved_micros, created_ms, updated_ms, finished_ms";
 
 const INSERT_RUN: &str = "INSERT INTO flow_runs (id, tenant_id, workflow, version, status, input, \
-     idempotency_key, max_steps, created_ms, updated_ms) \
-     VALUES ($1, $2, $3, $4, 'running', $5, $6, $7, $8, $8) \
+     idempotency_key, max_steps, max_tokens, max_cost_micros, created_ms, updated_ms) \
+     VALUES ($1, $2, $3, $4, 'running', $5, $6, $7, $9, $10, $8, $8) \
      ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING id";
 
 const SELECT_BY_KEY: &str =
@@ -70,6 +70,8 @@ impl Store {
                     .bind(run.idempotency_key.as_deref())
                     .bind(clamp(run.max_steps))
                     .bind(now)
+                    .bind(run.max_tokens.map(clamp))
+                    .bind(run.max_cost.map(|c| clamp(c.micros())))
                     .fetch_optional(&mut *tx)
                     .await?;
                 if inserted.is_none() {
@@ -279,9 +281,13 @@ fn run_from_row(row: &impl RowExt) -> Result<RunRecord, sqlx::Error> {
         error: row.opt_text("error")?,
         idempotency_key: row.opt_text("idempotency_key")?,
         max_steps: count(row.int("max_steps")?),
+        max_tokens: row.opt_int("max_tokens")?.map(count),
+        max_cost: row.opt_int("max_cost_micros")?.map(|c| Cost(count(c))),
         steps_used: count(row.int("steps_used")?),
         tokens_used: count(row.int("tokens_used")?),
         cost: Cost(count(row.int("cost_micros")?)),
+        reserved_tokens: count(row.int("reserved_tokens")?),
+        reserved_cost: Cost(count(row.int("reserved_micros")?)),
         created_ms: row.int("created_ms")?,
         updated_ms: row.int("updated_ms")?,
         finished_ms: row.opt_int("finished_ms")?,

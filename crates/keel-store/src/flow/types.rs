@@ -113,6 +113,10 @@ pub struct NewRun {
     pub idempotency_key: Option<String>,
     /// How many step attempts the run may make.
     pub max_steps: u64,
+    /// How many model tokens the run may use, if capped.
+    pub max_tokens: Option<u64>,
+    /// How much the run may spend, if capped.
+    pub max_cost: Option<Cost>,
     /// Every step of the run, with its dependencies.
     pub steps: Vec<NewStep>,
 }
@@ -175,12 +179,20 @@ pub struct RunRecord {
     pub idempotency_key: Option<String>,
     /// How many step attempts it may make.
     pub max_steps: u64,
+    /// How many model tokens it may use, if capped.
+    pub max_tokens: Option<u64>,
+    /// How much it may spend, if capped.
+    pub max_cost: Option<Cost>,
     /// How many it made.
     pub steps_used: u64,
     /// Model tokens its steps used.
     pub tokens_used: u64,
     /// What its steps cost.
     pub cost: Cost,
+    /// Tokens held by model calls in flight.
+    pub reserved_tokens: u64,
+    /// Money held by model calls in flight.
+    pub reserved_cost: Cost,
     /// Unix milliseconds.
     pub created_ms: i64,
     /// Unix milliseconds.

@@ -28,6 +28,8 @@ fn run(tenant: &str, steps: Vec<NewStep>) -> NewRun {
         input: json!({"ticket": "refund"}),
         idempotency_key: None,
         max_steps: 100,
+        max_tokens: None,
+        max_cost: None,
         steps,
     }
 }
@@ -538,7 +540,86 @@ async fn starting_a_run_notifies_listeners(db: TestDb) -> Result<()> {
     Ok(())
 }
 
+async fn model_calls_hold_the_runs_budget_until_they_settle(db: TestDb) -> Result<()> {
+    let store = &db.store;
+    let mut new = run("t1", vec![step("a", &[]), step("b", &[])]);
+    new.max_tokens = Some(100);
+    new.max_cost = Some(Cost(1_000));
+    let (r, _) = store.start_run(&new).await?;
+    let mut quick = claim("", 10);
+    quick.lease_ms = -1; // b's worker will die: its lease is over at once
+    let mut claimed = store.claim_steps(&quick).await?;
+    claimed.sort_by(|x, y| x.key.cmp(&y.key));
+    let (a, b) = (&claimed[0], &claimed[1]);
+
+    ensure!(
+        store
+            .hold_run_budget(&r.id, "a", &a.token, 60, Cost(600))
+            .await?
+    );
+    ensure!(
+        !store
+            .hold_run_budget(&r.id, "b", &b.token, 60, Cost(100))
+            .await?,
+        "160 > 100 tokens"
+    );
+    ensure!(
+        !store
+            .hold_run_budget(&r.id, "b", &b.token, 10, Cost(500))
+            .await?,
+        "$1100 > $1000"
+    );
+    ensure!(
+        store
+            .hold_run_budget(&r.id, "b", &b.token, 30, Cost(300))
+            .await?
+    );
+    let held = store.run("t1", &r.id).await?.context("run")?;
+    assert_eq!((held.reserved_tokens, held.reserved_cost), (90, Cost(900)));
+
+    // a settles at what it used; the rest of its hold goes back.
+    let used = AttemptTrace {
+        prompt_tokens: 8,
+        completion_tokens: 2,
+        cost: Cost(100),
+        ..AttemptTrace::default()
+    };
+    let done = StepUpdate::Succeeded(json!("a"));
+    ensure!(
+        store
+            .finish_step(&r.id, "a", &a.token, &done, &used, None)
+            .await?
+    );
+    let settled = store.run("t1", &r.id).await?.context("run")?;
+    assert_eq!((settled.tokens_used, settled.cost), (10, Cost(100)));
+    assert_eq!(
+        (settled.reserved_tokens, settled.reserved_cost),
+        (30, Cost(300))
+    );
+    assert_eq!(
+        (settled.max_tokens, settled.max_cost),
+        (Some(100), Some(Cost(1_000)))
+    );
+
+    // b's worker died: claiming b again gives its hold back.
+    let again = claim_one(store, "b").await?;
+    assert_eq!(again.attempt, 2);
+    let released = store.run("t1", &r.id).await?.context("run")?;
+    assert_eq!(
+        (released.reserved_tokens, released.reserved_cost),
+        (0, Cost::ZERO)
+    );
+    ensure!(
+        !store
+            .hold_run_budget(&r.id, "b", &b.token, 1, Cost(1))
+            .await?,
+        "a stale token holds nothing"
+    );
+    Ok(())
+}
+
 every_backend!(
+    model_calls_hold_the_runs_budget_until_they_settle,
     starts_idempotently_with_roots_ready,
     a_finished_step_releases_what_waits_only_on_it,
     a_wait_any_join_is_ready_at_the_first_success,
