@@ -172,6 +172,20 @@ impl Store {
         .map_err(StoreError::db("list runs"))
     }
 
+    /// How many of a tenant's runs have `status`.
+    pub async fn count_runs(&self, tenant_id: &str, status: RunStatus) -> Result<u64, StoreError> {
+        on_pool!(self, |pool| {
+            sqlx::query("SELECT COUNT(*) AS n FROM flow_runs WHERE tenant_id = $1 AND status = $2")
+                .bind(tenant_id)
+                .bind(status.as_str())
+                .fetch_one(pool)
+                .await
+                .and_then(|row| row.int("n"))
+        })
+        .map(count)
+        .map_err(StoreError::db("count runs"))
+    }
+
     /// Every step of a run, by key.
     pub async fn run_steps(&self, run_id: &str) -> Result<Vec<StepRecord>, StoreError> {
         let sql =

@@ -88,6 +88,8 @@ async fn starts_idempotently_with_roots_ready(db: TestDb) -> Result<()> {
     ensure!(!created, "the same key must not start a second run");
     assert_eq!(again.id, first.id);
     assert_eq!(db.store.runs("t1", None, 10).await?.len(), 1);
+    assert_eq!(db.store.count_runs("t1", RunStatus::Running).await?, 1);
+    assert_eq!(db.store.count_runs("t1", RunStatus::Failed).await?, 0);
 
     let steps = statuses(&db.store, &first.id).await?;
     assert_eq!(steps["a"], StepStatus::Ready);
