@@ -8,10 +8,12 @@
 //! (`steps[2].depends_on[0]`) and line.
 
 mod check;
+mod check_step;
 mod error;
 mod graph;
 mod model;
 mod raw;
+mod references;
 mod source;
 
 pub use error::{DefinitionError, Problem};

@@ -9,6 +9,7 @@
 
 mod clock;
 mod context;
+mod conversation;
 mod execute;
 mod failure;
 mod kinds;
