@@ -22,11 +22,12 @@ use std::time::Duration;
 
 use keel_store::Store;
 use keel_store::flow::{
-    AttemptRecord, ClaimRequest, NewRun, RunRecord, StepRecord, StoredWorkflow,
+    AttemptRecord, ClaimRequest, Claimed, NewRun, RunRecord, StepRecord, StoredWorkflow,
 };
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 pub use clock::Clock;
@@ -209,37 +210,22 @@ impl Engine {
     /// Claims one batch of due steps and runs them all; returns how many
     /// it ran. Tests drive engines with this; [`Engine::serve`] loops it.
     pub async fn tick(self: &Arc<Self>) -> Result<usize, FlowError> {
-        let request = ClaimRequest {
-            queue: String::new(),
-            owner: self.config.owner.clone(),
-            lease_ms: millis(self.config.lease),
-            batch: self.config.batch,
-            per_tenant: self.config.per_tenant,
-            tenant_concurrency: self.config.tenant_concurrency,
-            tenant: None,
-        };
-        let claimed = self.store.claim_steps(&request).await?;
+        let claimed = self.claim(self.config.batch).await?;
         let count = claimed.len();
-        let mut running = tokio::task::JoinSet::new();
+        let mut running = JoinSet::new();
         for step in claimed {
-            let engine = Arc::clone(self);
-            running.spawn(async move { engine.execute(step).await });
+            self.spawn_step(&mut running, step);
         }
         while let Some(done) = running.join_next().await {
-            match done {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    warn!(error = %e, "A step could not be recorded; its lease will expire")
-                }
-                Err(e) => warn!(error = %e, "A step's task ended abnormally"),
-            }
+            report(done);
         }
         Ok(count)
     }
 
-    /// Runs steps until `shutdown` resolves: claims whenever this engine
-    /// made work ready, when another process says it did (PostgreSQL's
-    /// LISTEN/NOTIFY), and every poll interval in any case.
+    /// Runs steps until `shutdown` resolves, up to `batch` at once: claims
+    /// more whenever a step ends, when this engine made work ready, when
+    /// another process says it did (PostgreSQL's LISTEN/NOTIFY), and every
+    /// poll interval in any case. A slow step holds only its own slot.
     pub async fn serve(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut listener = match self.store.listen_flow().await {
@@ -249,16 +235,27 @@ impl Engine {
                 None
             }
         };
+        let mut running = JoinSet::new();
         loop {
-            let ran = match self.tick().await {
-                Ok(ran) => ran,
-                Err(e) => {
-                    warn!(error = %e, "Claiming steps failed; retrying after the poll interval");
-                    0
+            let room = self
+                .config
+                .batch
+                .saturating_sub(u32::try_from(running.len()).unwrap_or(u32::MAX));
+            // Claim in batches: when idle, or once a quarter of the slots
+            // are free, not for every step that ends.
+            if room > 0 && (running.is_empty() || room >= (self.config.batch / 4).max(1)) {
+                // Whatever is claimed, the next claim comes when a slot
+                // frees or someone says there is more.
+                match self.claim(room).await {
+                    Ok(claimed) => {
+                        for step in claimed {
+                            self.spawn_step(&mut running, step);
+                        }
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "Claiming steps failed; retrying after the poll interval")
+                    }
                 }
-            };
-            if ran > 0 {
-                continue;
             }
             let notice = async {
                 match listener.as_mut() {
@@ -267,7 +264,11 @@ impl Engine {
                 }
             };
             tokio::select! {
-                () = &mut shutdown => return,
+                () = &mut shutdown => {
+                    running.abort_all();
+                    return;
+                }
+                Some(done) = running.join_next(), if !running.is_empty() => report(done),
                 () = self.wake.notified() => {}
                 heard = notice => {
                     if let Err(e) = heard {
@@ -278,6 +279,25 @@ impl Engine {
                 () = tokio::time::sleep(self.config.poll_interval) => {}
             }
         }
+    }
+
+    /// Claims up to `max` due steps of keel's own queue.
+    async fn claim(&self, max: u32) -> Result<Vec<Claimed>, FlowError> {
+        let request = ClaimRequest {
+            queue: String::new(),
+            owner: self.config.owner.clone(),
+            lease_ms: millis(self.config.lease),
+            batch: max,
+            per_tenant: self.config.per_tenant,
+            tenant_concurrency: self.config.tenant_concurrency,
+            tenant: None,
+        };
+        Ok(self.store.claim_steps(&request).await?)
+    }
+
+    fn spawn_step(self: &Arc<Self>, running: &mut JoinSet<Result<(), FlowError>>, step: Claimed) {
+        let engine = Arc::clone(self);
+        running.spawn(async move { engine.execute(step).await });
     }
 
     /// The parsed definition of a workflow version (the latest if `None`).
@@ -323,6 +343,16 @@ impl Engine {
         self.workflows
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Logs a step task that could not record its outcome; its lease will
+/// expire and another attempt will follow.
+fn report(done: Result<Result<(), FlowError>, tokio::task::JoinError>) {
+    match done {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "A step could not be recorded; its lease will expire"),
+        Err(e) => warn!(error = %e, "A step's task ended abnormally"),
     }
 }
 

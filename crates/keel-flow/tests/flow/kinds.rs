@@ -97,7 +97,11 @@ async fn the_support_example_hands_off_waits_for_a_person_and_answers() -> Resul
             .content
             .contains(r#"{"approved":true}"#)
     );
-    let traced: Vec<_> = view.attempts.iter().filter(|a| a.model.is_some()).collect();
+    let traced: Vec<_> = view
+        .attempts
+        .iter()
+        .filter(|a| a.trace.model.is_some())
+        .collect();
     assert_eq!(traced.len(), 2);
     assert_eq!((view.run.tokens_used, view.run.cost.micros()), (30, 200));
     Ok(())

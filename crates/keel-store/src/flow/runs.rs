@@ -331,12 +331,14 @@ fn attempt_from_row(row: &impl RowExt) -> Result<AttemptRecord, sqlx::Error> {
         status: row.text("status")?,
         started_ms: row.int("started_ms")?,
         finished_ms: row.opt_int("finished_ms")?,
-        input: json(row, "input")?,
-        output: json(row, "output")?,
-        error: row.opt_text("error")?,
-        model: row.opt_text("model")?,
-        prompt_tokens: count(row.int("prompt_tokens")?),
-        completion_tokens: count(row.int("completion_tokens")?),
-        cost: Cost(count(row.int("cost_micros")?)),
+        trace: AttemptTrace {
+            input: json(row, "input")?,
+            output: json(row, "output")?,
+            error: row.opt_text("error")?,
+            model: row.opt_text("model")?,
+            prompt_tokens: count(row.int("prompt_tokens")?),
+            completion_tokens: count(row.int("completion_tokens")?),
+            cost: Cost(count(row.int("cost_micros")?)),
+        },
     })
 }

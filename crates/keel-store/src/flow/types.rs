@@ -242,20 +242,9 @@ pub struct AttemptRecord {
     pub started_ms: i64,
     /// Unix milliseconds, once over.
     pub finished_ms: Option<i64>,
-    /// What it was given (a rendered prompt, arguments).
-    pub input: Option<Value>,
-    /// What it produced.
-    pub output: Option<Value>,
-    /// What went wrong.
-    pub error: Option<String>,
-    /// The model it called.
-    pub model: Option<String>,
-    /// Prompt tokens used.
-    pub prompt_tokens: u64,
-    /// Completion tokens used.
-    pub completion_tokens: u64,
-    /// What it cost.
-    pub cost: Cost,
+    /// What it did.
+    #[serde(flatten)]
+    pub trace: AttemptTrace,
 }
 
 /// A step handed to a worker.
@@ -285,9 +274,9 @@ pub struct Claimed {
 }
 
 /// What an attempt did, for the trace.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AttemptTrace {
-    /// What it was given.
+    /// What it was given (a rendered prompt, arguments).
     pub input: Option<Value>,
     /// What it produced.
     pub output: Option<Value>,
